@@ -1,0 +1,133 @@
+"""Depth evaluation: per-image alignment, the standard metrics, benchmark crops and depth caps.
+
+Metrics are computed per image (float64) and averaged over images; images with fewer than
+``MIN_VALID_PIXELS`` valid pixels are skipped.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from distill.losses import lsq_scale_shift, masked_median
+
+MIN_VALID_PIXELS = 10
+METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
+# Depth range (metres) and crop of each benchmark whose protocol RECIPE.md fixes.
+BENCHMARK_DEPTH_RANGE = {"nyu": (1e-3, 10.0), "kitti": (1e-3, 80.0)}
+
+
+def _batched(*tensors):
+    """Lift [H, W] inputs to [1, H, W]; report whether to squeeze the outputs back."""
+    squeeze = tensors[0].dim() == 2
+    return [t[None] if squeeze else t for t in tensors], squeeze
+
+
+def align_lsq(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
+    """Least-squares scale and shift of ``pred`` onto ``target`` per image over valid pixels.
+
+    [H, W] or [B, H, W]. Returns (aligned prediction, scale, shift); the MiDaS / Depth Anything
+    protocol applies it to disparities. Solved in float64.
+    """
+    (p, t, m), squeeze = _batched(pred, target, mask)
+    p64, t64 = p.double().flatten(1), t.double().flatten(1)
+    m = m.bool().flatten(1) & torch.isfinite(t64)
+    t64 = torch.where(m, t64, torch.zeros_like(t64))
+    scale, shift = lsq_scale_shift(p64, t64, m)
+    aligned = (scale[:, None] * p64 + shift[:, None]).reshape(p.shape).to(pred.dtype)
+    if squeeze:
+        return aligned[0], scale[0], shift[0]
+    return aligned, scale, shift
+
+
+def align_median_log(pred_depth: torch.Tensor, gt_depth: torch.Tensor, mask: torch.Tensor):
+    """Scale-only alignment (GP2 protocol): add median(log gt - log pred) over valid pixels to the
+    predicted log-depth. [H, W] or [B, H, W]. Returns (aligned depth, scale)."""
+    (p, g, m), squeeze = _batched(pred_depth, gt_depth, mask)
+    p64, g64 = p.double().flatten(1), g.double().flatten(1)
+    m = m.bool().flatten(1) & torch.isfinite(g64) & (g64 > 0) & (p64 > 0)
+    diff = torch.where(m, g64.clamp_min(1e-12).log() - p64.clamp_min(1e-12).log(), torch.zeros_like(p64))
+    scale = torch.exp(masked_median(diff, m))
+    aligned = (p64 * scale[:, None]).reshape(p.shape).to(pred_depth.dtype)
+    return (aligned[0], scale[0]) if squeeze else (aligned, scale)
+
+
+def per_image_metrics(pred_depth: torch.Tensor, gt_depth: torch.Tensor, mask: torch.Tensor) -> dict:
+    """Each metric as a float64 tensor [B], plus ``valid`` (bool [B]: at least 10 valid pixels).
+
+    Valid pixels: mask true, finite positive ground truth. Predictions are clamped to >= 1e-6 so
+    logs stay finite. silog = sqrt(mean d^2 - 0.5 (mean d)^2), d = log gt - log pred (Depth Anything
+    V2's definition); d_k = fraction with max(p/g, g/p) < 1.25^k.
+    """
+    (p, g, m), _ = _batched(pred_depth, gt_depth, mask)
+    p, g = p.double().flatten(1), g.double().flatten(1)
+    m = m.bool().flatten(1) & torch.isfinite(g) & (g > 0)
+    g = torch.where(m, g, torch.ones_like(g))
+    p = torch.where(m, p.clamp_min(1e-6), torch.ones_like(p))
+    n = m.sum(-1).clamp_min(1)
+
+    def mean(x):
+        return torch.where(m, x, torch.zeros_like(x)).sum(-1) / n
+
+    diff, log_diff = p - g, torch.log(g) - torch.log(p)
+    ratio = torch.maximum(p / g, g / p)
+    out = {
+        "abs_rel": mean(diff.abs() / g),
+        "sq_rel": mean(diff**2 / g),
+        "rmse": mean(diff**2).sqrt(),
+        "rmse_log": mean(log_diff**2).sqrt(),
+        "log10": mean((log_diff / math.log(10)).abs()),
+        "silog": (mean(log_diff**2) - 0.5 * mean(log_diff) ** 2).clamp_min(0).sqrt(),
+    }
+    for k in (1, 2, 3):
+        out[f"d{k}"] = mean((ratio < 1.25**k).double())
+    out["valid"] = m.sum(-1) >= MIN_VALID_PIXELS
+    return out
+
+
+def depth_metrics(pred_depth: torch.Tensor, gt_depth: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """abs_rel, sq_rel, rmse, rmse_log, log10, silog, d1, d2, d3: per image, averaged over the images
+    with at least 10 valid pixels (NaN when there is none), plus ``num_images`` counted."""
+    per_image = per_image_metrics(pred_depth, gt_depth, mask)
+    valid = per_image.pop("valid")
+    result = {k: (float(v[valid].mean()) if bool(valid.any()) else float("nan")) for k, v in per_image.items()}
+    result["num_images"] = int(valid.sum())
+    return result
+
+
+# --- benchmark crops and caps ---------------------------------------------------------------------
+
+
+def _box_mask(height: int, width: int, rows: tuple[float, float], cols: tuple[float, float]) -> torch.Tensor:
+    mask = torch.zeros(height, width, dtype=torch.bool)
+    mask[int(rows[0] * height) : int(rows[1] * height), int(cols[0] * width) : int(cols[1] * width)] = True
+    return mask
+
+
+def nyu_eigen_crop(height: int = 480, width: int = 640) -> torch.Tensor:
+    """NYU Depth V2 Eigen crop: rows 45:471, cols 41:601 on 640x480 (scaled for other sizes)."""
+    return _box_mask(height, width, (45 / 480, 471 / 480), (41 / 640, 601 / 640))
+
+
+def kitti_garg_crop(height: int, width: int) -> torch.Tensor:
+    """KITTI Garg crop, as fractions of the image size."""
+    return _box_mask(height, width, (0.40810811, 0.99189189), (0.03594771, 0.96405229))
+
+
+def kitti_eigen_crop(height: int, width: int) -> torch.Tensor:
+    """KITTI Eigen crop, as fractions of the image size."""
+    return _box_mask(height, width, (0.3324324, 0.91351351), (0.0359477, 0.96405229))
+
+
+def depth_range_mask(gt_depth: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
+    """Valid ground truth: finite and within [min_depth, max_depth]."""
+    return torch.isfinite(gt_depth) & (gt_depth >= min_depth) & (gt_depth <= max_depth)
+
+
+def benchmark_mask(benchmark: str, gt_depth: torch.Tensor) -> torch.Tensor:
+    """The evaluation mask of ``nyu`` (Eigen crop, 1e-3..10 m) or ``kitti`` (Garg crop, 1e-3..80 m)."""
+    if benchmark not in BENCHMARK_DEPTH_RANGE:
+        raise ValueError(f"no crop/range for benchmark {benchmark!r}; known: {', '.join(BENCHMARK_DEPTH_RANGE)}")
+    h, w = gt_depth.shape[-2:]
+    crop = nyu_eigen_crop(h, w) if benchmark == "nyu" else kitti_garg_crop(h, w)
+    return depth_range_mask(gt_depth, *BENCHMARK_DEPTH_RANGE[benchmark]) & crop.to(gt_depth.device)

@@ -1,0 +1,328 @@
+"""Depth Anything models (DINOv2 ViT encoder + DPT decoder) built from `transformers` classes.
+
+Three ways in, all through real loading code:
+- ``build_model(preset, dinov2=...)``: encoder from DINOv2 weights (hub id or directory), decoder random;
+- ``load_depth_model(name_or_dir)``: a whole depth checkpoint in transformers format;
+- ``load_original_checkpoint(path, preset)``: an original Depth Anything V2 ``.pth``/``.safetensors``.
+
+``save_model`` writes a directory that ``AutoModelForDepthEstimation.from_pretrained`` and
+``pipeline("depth-estimation")`` load with no custom code; the output space rides along as two extra
+``config.json`` fields (``output_space``, ``output_geometry``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+from transformers import (
+    AutoModelForDepthEstimation,
+    DepthAnythingConfig,
+    DepthAnythingForDepthEstimation,
+    Dinov2Backbone,
+    Dinov2Config,
+    DPTImageProcessor,
+)
+
+from distill.spaces import METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PATCH_SIZE = 14
+INPUT_SIZE = 518
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    tapped_layers: tuple[int, ...]  # 1-based, as in the Depth Anything code
+    fusion_hidden_size: int
+    neck_hidden_sizes: tuple[int, ...]
+    dinov2: str | None  # the hub id of the matching DINOv2 weights
+    swiglu: bool = False
+    head_hidden_size: int = 32
+
+
+PRESETS: dict[str, ModelPreset] = {
+    # A few layers and a small width: random-weight tests and the CPU quickstart.
+    "tiny": ModelPreset(32, 4, 2, (1, 2, 3, 4), 16, (8, 16, 32, 32), None, head_hidden_size=8),
+    "vits": ModelPreset(384, 12, 6, (3, 6, 9, 12), 64, (48, 96, 192, 384), "facebook/dinov2-small"),
+    "vitb": ModelPreset(768, 12, 12, (3, 6, 9, 12), 128, (96, 192, 384, 768), "facebook/dinov2-base"),
+    "vitl": ModelPreset(1024, 24, 16, (5, 12, 18, 24), 256, (256, 512, 1024, 1024), "facebook/dinov2-large"),
+    "vitg": ModelPreset(1536, 40, 24, (10, 20, 30, 40), 384, (1536,) * 4, "facebook/dinov2-giant", swiglu=True),
+}
+
+
+def get_preset(name: str) -> ModelPreset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def _head_kwargs(output_space: OutputSpace, max_depth: int | None) -> dict:
+    if output_space.space == "disparity":
+        return {"depth_estimation_type": "relative", "max_depth": 1}
+    if output_space.space == "depth":
+        # metric: metres (20 indoor, 80 outdoor); uts: a unit of the model's choosing.
+        # transformers types max_depth as int.
+        default = 20 if output_space.geometry == "metric" else 10
+        return {"depth_estimation_type": "metric", "max_depth": int(max_depth or default)}
+    raise ValueError(
+        f"output space {output_space.space!r} has no transformers head: use 'depth' (metric head, "
+        "log taken in the loss) or 'disparity' (relative head)"
+    )
+
+
+def backbone_config(preset: ModelPreset, base: Dinov2Config | None = None) -> Dinov2Config:
+    """DINOv2 config tapping the preset's layers, each through the final LayerNorm, tokens unreshaped."""
+    kwargs = dict(out_indices=list(preset.tapped_layers), reshape_hidden_states=False, apply_layernorm=True)
+    if base is not None:
+        return Dinov2Config(**{**base.to_dict(), "out_features": None, **kwargs})
+    return Dinov2Config(
+        hidden_size=preset.hidden_size,
+        num_hidden_layers=preset.num_layers,
+        num_attention_heads=preset.num_heads,
+        mlp_ratio=4,
+        use_swiglu_ffn=preset.swiglu,
+        image_size=INPUT_SIZE,
+        patch_size=PATCH_SIZE,
+        layerscale_value=1.0,
+        **kwargs,
+    )
+
+
+def model_config(
+    preset: str,
+    output_space: OutputSpace = RELATIVE_DISPARITY,
+    max_depth: int | None = None,
+    dinov2_config: Dinov2Config | None = None,
+) -> DepthAnythingConfig:
+    p = get_preset(preset)
+    return DepthAnythingConfig(
+        backbone_config=backbone_config(p, dinov2_config),
+        patch_size=PATCH_SIZE,
+        reassemble_hidden_size=p.hidden_size,
+        reassemble_factors=[4, 2, 1, 0.5],
+        neck_hidden_sizes=list(p.neck_hidden_sizes),
+        fusion_hidden_size=p.fusion_hidden_size,
+        head_hidden_size=p.head_hidden_size,
+        output_space=output_space.space,
+        output_geometry=output_space.geometry,
+        preset=preset,
+        **_head_kwargs(output_space, max_depth),
+    )
+
+
+def load_dinov2_config(dinov2: str, preset: str) -> Dinov2Config:
+    """Read a DINOv2 config (hub id or directory) and check it matches the preset's encoder."""
+    cfg = Dinov2Config.from_pretrained(dinov2)
+    p = get_preset(preset)
+    got = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, bool(cfg.use_swiglu_ffn))
+    want = (p.hidden_size, p.num_layers, p.num_heads, p.swiglu)
+    if got != want:
+        raise ValueError(
+            f"DINOv2 weights {dinov2!r} have (hidden, layers, heads, swiglu) = {got}, "
+            f"but preset {preset!r} needs {want}"
+        )
+    return cfg
+
+
+def build_model(
+    preset: str,
+    output_space: OutputSpace = RELATIVE_DISPARITY,
+    max_depth: int | None = None,
+    dinov2: str | None = None,
+) -> DepthAnythingForDepthEstimation:
+    """A Depth Anything model; with ``dinov2`` (hub id or directory) the encoder starts from those
+    weights and the decoder is random, as for a fresh teacher or student."""
+    if dinov2 is None:
+        return DepthAnythingForDepthEstimation(model_config(preset, output_space, max_depth))
+    model = DepthAnythingForDepthEstimation(
+        model_config(preset, output_space, max_depth, load_dinov2_config(dinov2, preset))
+    )
+    encoder = Dinov2Backbone.from_pretrained(
+        dinov2, out_indices=list(get_preset(preset).tapped_layers), reshape_hidden_states=False
+    )
+    model.backbone.load_state_dict(encoder.state_dict())
+    return model
+
+
+def load_dinov2_encoder(dinov2: str, preset: str) -> Dinov2Backbone:
+    """A DINOv2 encoder (hub id or directory) tapping the preset's layers, e.g. the frozen reference
+    of the student's feature-alignment loss."""
+    load_dinov2_config(dinov2, preset)
+    return Dinov2Backbone.from_pretrained(
+        dinov2, out_indices=list(get_preset(preset).tapped_layers), reshape_hidden_states=False
+    )
+
+
+def output_space_of(config) -> OutputSpace:
+    """The output space recorded in a depth model's config, or the one its head implies."""
+    if getattr(config, "output_space", None) and getattr(config, "output_geometry", None):
+        return OutputSpace(config.output_space, config.output_geometry)
+    if getattr(config, "model_type", None) == "depth_anything":
+        return METRIC_DEPTH if config.depth_estimation_type == "metric" else RELATIVE_DISPARITY
+    if getattr(config, "model_type", None) == "dpt":
+        return RELATIVE_DISPARITY
+    raise ValueError(
+        f"cannot tell the output space of a {getattr(config, 'model_type', '?')!r} model: "
+        "set output_space and output_geometry in its config.json"
+    )
+
+
+def load_depth_model(name_or_dir: str, output_space: OutputSpace | None = None, **kwargs):
+    """Any transformers depth model (hub id or directory); ``output_space`` overrides what it records."""
+    model = AutoModelForDepthEstimation.from_pretrained(name_or_dir, **kwargs)
+    space = output_space or output_space_of(model.config)
+    model.config.output_space, model.config.output_geometry = space.space, space.geometry
+    return model
+
+
+def image_processor(size: int = INPUT_SIZE) -> DPTImageProcessor:
+    """The transformers image processor matching the recipe: keep aspect, sides multiples of 14
+    around ``size``, bicubic, /255, ImageNet mean/std. (It picks the scale closest to 1 that reaches
+    the target on one side, where the original code makes the shorter side at least ``size``.)"""
+    return DPTImageProcessor(
+        do_resize=True,
+        size={"height": size, "width": size},
+        keep_aspect_ratio=True,
+        ensure_multiple_of=PATCH_SIZE,
+        resample=3,  # PIL bicubic
+        do_rescale=True,
+        rescale_factor=1 / 255,
+        do_normalize=True,
+        image_mean=list(IMAGENET_MEAN),
+        image_std=list(IMAGENET_STD),
+        do_pad=False,
+    )
+
+
+def save_model(model, out_dir: str | os.PathLike, output_space: OutputSpace | None = None, size: int = INPUT_SIZE):
+    """Write weights (safetensors), config.json with the output space, and preprocessor_config.json."""
+    space = output_space or output_space_of(model.config)
+    model.config.output_space, model.config.output_geometry = space.space, space.geometry
+    os.makedirs(out_dir, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    image_processor(size).save_pretrained(out_dir)
+    return out_dir
+
+
+# --- original Depth Anything V2 checkpoints -------------------------------------------------------
+
+_FUSION_BLOCK = {"out_conv": "projection", "resConfUnit1": "residual_layer1", "resConfUnit2": "residual_layer2"}
+_DIRECT_RENAMES = {
+    "pretrained.cls_token": "backbone.embeddings.cls_token",
+    "pretrained.mask_token": "backbone.embeddings.mask_token",
+    "pretrained.pos_embed": "backbone.embeddings.position_embeddings",
+    "pretrained.patch_embed.proj": "backbone.embeddings.patch_embeddings.projection",
+    "pretrained.norm": "backbone.layernorm",
+    "depth_head.scratch.output_conv1": "head.conv1",
+    "depth_head.scratch.output_conv2.0": "head.conv2",
+    "depth_head.scratch.output_conv2.2": "head.conv3",
+}
+_BLOCK_RENAMES = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "ls1.gamma": "layer_scale1.lambda1",
+    "ls2.gamma": "layer_scale2.lambda1",
+    "attn.proj": "attention.o_proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "mlp.w3": "mlp.down_proj",
+}
+
+
+def _rename_original_key(key: str) -> str | None:
+    """The transformers name of one original key; None for keys split elsewhere (qkv, w12)."""
+    for old, new in _DIRECT_RENAMES.items():
+        if key == old or key.startswith(old + "."):
+            return new + key[len(old):]
+    parts = key.split(".")
+    if key.startswith("pretrained.blocks."):
+        i, rest = parts[2], ".".join(parts[3:])
+        if rest.startswith(("attn.qkv.", "mlp.w12.")):
+            return None
+        for old, new in _BLOCK_RENAMES.items():
+            if rest.startswith(old):
+                return f"backbone.encoder.layer.{i}.{new}{rest[len(old):]}"
+    if key.startswith(("depth_head.projects.", "depth_head.resize_layers.")):
+        kind = "projection" if parts[1] == "projects" else "resize"
+        return f"neck.reassemble_stage.layers.{parts[2]}.{kind}.{parts[3]}"
+    if key.startswith("depth_head.scratch.layer") and "_rn" in parts[2]:
+        k = int(parts[2][len("layer"):-len("_rn")])
+        return f"neck.convs.{k - 1}.{parts[3]}"
+    if key.startswith("depth_head.scratch.refinenet"):
+        stage = 4 - int(parts[2][len("refinenet"):])  # refinenet4 fuses the deepest features first
+        block = _FUSION_BLOCK[parts[3]]
+        rest = ".".join(parts[4:]).replace("conv1", "convolution1").replace("conv2", "convolution2")
+        return f"neck.fusion_stage.layers.{stage}.{block}.{rest}"
+    raise KeyError(f"unexpected key in original Depth Anything checkpoint: {key}")
+
+
+def convert_original_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map an original Depth Anything (V1/V2) state dict onto transformers' key names."""
+    out = {}
+    for key, value in state_dict.items():
+        key = key.removeprefix("module.")
+        new = _rename_original_key(key)
+        if new is not None:
+            out[new] = value
+            continue
+        i = key.split(".")[2]
+        layer = f"backbone.encoder.layer.{i}"
+        if ".attn.qkv." in key:
+            for name, chunk in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                out[f"{layer}.attention.{name}.{key.rsplit('.', 1)[1]}"] = chunk.clone()
+        else:  # SwiGLU: w12 holds the gate then the up projection
+            gate, up = value.chunk(2, dim=0)
+            suffix = key.rsplit(".", 1)[1]
+            out[f"{layer}.mlp.gate_proj.{suffix}"], out[f"{layer}.mlp.up_proj.{suffix}"] = gate.clone(), up.clone()
+    return out
+
+
+def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from ``.safetensors``, or from a ``.pth``/``.pt`` through torch's weights-only loader
+    (a restricted unpickler that refuses code objects)."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise ValueError(f"{path}: not a readable weights-only torch checkpoint ({err.__class__.__name__})") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict, found {type(state).__name__}")
+    return state
+
+
+def load_original_checkpoint(
+    path: str | os.PathLike,
+    preset: str,
+    output_space: OutputSpace = RELATIVE_DISPARITY,
+    max_depth: int | None = None,
+) -> DepthAnythingForDepthEstimation:
+    """A transformers model holding the weights of an original Depth Anything V2 checkpoint."""
+    model = DepthAnythingForDepthEstimation(model_config(preset, output_space, max_depth))
+    try:
+        state = convert_original_state_dict(read_weights(path))
+    except KeyError as err:
+        raise ValueError(f"{os.fspath(path)}: {err.args[0]}") from None
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"{os.fspath(path)} does not fit preset {preset!r}: {str(err).splitlines()[-1].strip()}") from None
+    if missing or unexpected:
+        raise ValueError(
+            f"{os.fspath(path)} does not fit preset {preset!r}: "
+            f"{len(missing)} missing (e.g. {missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})"
+        )
+    return model
+
