@@ -131,3 +131,45 @@ def benchmark_mask(benchmark: str, gt_depth: torch.Tensor) -> torch.Tensor:
     h, w = gt_depth.shape[-2:]
     crop = nyu_eigen_crop(h, w) if benchmark == "nyu" else kitti_garg_crop(h, w)
     return depth_range_mask(gt_depth, *BENCHMARK_DEPTH_RANGE[benchmark]) & crop.to(gt_depth.device)
+
+
+# --- protocols --------------------------------------------------------------------------------------
+
+PROTOCOLS = ("affine-disparity", "scale-log", "metric")
+
+
+def default_protocol(output_space) -> str:
+    """affine-disparity for shift-ambiguous maps, scale-log for depth up to scale, else metric."""
+    return {"utss": "affine-disparity", "uts": "scale-log"}.get(output_space.geometry, "metric")
+
+
+def protocol_depth(pred, output_space, gt_depth, mask, protocol: str | None = None, depth_range=None) -> torch.Tensor:
+    """A prediction [B, H, W] in ``output_space`` turned into depth comparable with ``gt_depth``.
+
+    ``affine-disparity`` (Depth Anything / MiDaS): least-squares scale and shift of the predicted
+    disparity onto 1 / gt, then back to depth. ``scale-log`` (GP2): median log-ratio scale of the
+    predicted depth. ``metric``: the predicted depth as is. The result is clamped to
+    ``depth_range`` (min, max), by default each image's valid ground-truth range.
+    """
+    from distill.spaces import to_depth, to_disparity
+
+    protocol = protocol or default_protocol(output_space)
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    mask = mask.bool() & torch.isfinite(gt_depth) & (gt_depth > 0)
+    if protocol == "affine-disparity":
+        gt_disparity = 1.0 / torch.where(mask, gt_depth, torch.ones_like(gt_depth))
+        aligned, _, _ = align_lsq(to_disparity(pred, output_space.space).float(), gt_disparity.float(), mask)
+        depth = 1.0 / aligned.clamp_min(1e-8)
+    elif protocol == "scale-log":
+        depth, _ = align_median_log(to_depth(pred, output_space.space).float(), gt_depth.float(), mask)
+    else:
+        depth = to_depth(pred, output_space.space).float()
+    if depth_range is not None:
+        return depth.clamp(*depth_range)
+    flat_gt, flat_mask = gt_depth.flatten(-2), mask.flatten(-2)
+    lo = torch.where(flat_mask, flat_gt, torch.full_like(flat_gt, float("inf"))).amin(-1)
+    hi = torch.where(flat_mask, flat_gt, torch.full_like(flat_gt, -float("inf"))).amax(-1)
+    lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))[..., None, None].to(depth.dtype)
+    hi = torch.where(torch.isfinite(hi), hi, torch.full_like(hi, float("inf")))[..., None, None].to(depth.dtype)
+    return torch.maximum(torch.minimum(depth, hi), lo)

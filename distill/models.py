@@ -199,12 +199,13 @@ def image_processor(size: int = INPUT_SIZE) -> DPTImageProcessor:
     )
 
 
-def save_model(model, out_dir: str | os.PathLike, output_space: OutputSpace | None = None, size: int = INPUT_SIZE):
-    """Write weights (safetensors), config.json with the output space, and preprocessor_config.json."""
+def save_model(model, out_dir: str | os.PathLike, output_space: OutputSpace | None = None, size: int = INPUT_SIZE, state_dict=None):
+    """Write weights (safetensors), config.json with the output space, and preprocessor_config.json.
+    ``state_dict``: the full weights where the model is sharded (DeepSpeed ZeRO-3, FSDP)."""
     space = output_space or output_space_of(model.config)
     model.config.output_space, model.config.output_geometry = space.space, space.geometry
     os.makedirs(out_dir, exist_ok=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
+    model.save_pretrained(out_dir, state_dict=state_dict)
     image_processor(size).save_pretrained(out_dir)
     return out_dir
 

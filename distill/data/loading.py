@@ -1,0 +1,165 @@
+"""From a data config to DataLoaders that keep an accelerator fed.
+
+The config names readers (``distill.data.readers.READERS``) grouped as in ``distill.data.mixture``.
+A sample that cannot be read is replaced by the next one of the same dataset and reported in the
+batch (``bad_samples``); the engine counts them and stops past ``max_bad_fraction``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from distill.data.mixture import MixtureGroup, MixtureSampler, split_batch
+from distill.data.sample import SampleError
+from distill.data.transforms import EvalTransform, TrainTransform, sample_to_tensors
+
+MAX_RETRIES = 16
+
+
+@dataclass
+class DatasetConfig:
+    reader: str  # a name of distill.data.readers.READERS
+    root: str | None = None
+    weight: float = 1.0
+    options: dict[str, Any] = field(default_factory=dict)  # the reader's other arguments
+
+
+@dataclass
+class GroupConfig:
+    name: str = "labeled"
+    parts: int = 1  # this group's share of every batch, e.g. labeled 1 : pseudo 2
+    weighting: Literal["weights", "size"] = "weights"  # "size": concatenation (Depth Anything V2)
+    datasets: list[DatasetConfig] = field(default_factory=list)
+
+
+@dataclass
+class DataConfig:
+    groups: list[GroupConfig] = field(default_factory=list)
+    val: list[DatasetConfig] = field(default_factory=list)
+    val_max_samples: int = 64
+    crop_size: int = 518
+    hflip: bool = True
+    num_workers: int = 4
+    prefetch_factor: int = 4
+    pin_memory: bool = True
+    persistent_workers: bool = True
+    max_bad_fraction: float = 0.01
+
+
+def build_dataset(cfg: DatasetConfig):
+    from distill.data.readers import build_reader
+
+    kwargs = dict(cfg.options)
+    if cfg.root is not None:
+        kwargs["root"] = cfg.root
+    return build_reader(cfg.reader, **kwargs)
+
+
+class MixtureDataset(Dataset):
+    """Indexed by the sampler's (group, dataset, index, seed) tuples; returns batch rows."""
+
+    def __init__(self, groups: list[list], transforms: list):
+        self.groups, self.transforms = groups, transforms
+
+    def __getitem__(self, item):
+        g, d, index, seed = item
+        dataset = self.groups[g][d]
+        bad = []
+        for attempt in range(MAX_RETRIES):
+            i = (index + attempt) % len(dataset)
+            try:
+                sample = dataset[i]
+                row = sample_to_tensors(self.transforms[g](sample, seed))
+                row["bad_samples"] = bad
+                return row
+            except (SampleError, OSError, ValueError) as err:
+                bad.append(f"{type(dataset).__name__}[{i}]: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+        raise RuntimeError(f"{MAX_RETRIES} consecutive unreadable samples in {type(dataset).__name__}: {bad[-1]}")
+
+    def __len__(self):  # the sampler, not the length, drives iteration
+        return sum(len(ds) for group in self.groups for ds in group)
+
+
+def collate(rows: list[dict]) -> dict:
+    """Stack tensors; keep strings as lists; gather the bad-sample reports of the batch."""
+    batch = {}
+    for key, value in rows[0].items():
+        if key == "bad_samples":
+            batch[key] = [b for row in rows for b in row[key]]
+        elif torch.is_tensor(value):
+            batch[key] = torch.stack([row[key] for row in rows])
+        else:
+            batch[key] = [row[key] for row in rows]
+    return batch
+
+
+class _StepSampler:
+    """Batch sampler view of a MixtureSampler (DataLoader iterates it in the main process)."""
+
+    def __init__(self, sampler: MixtureSampler):
+        self.sampler = sampler
+
+    def __iter__(self):
+        return iter(self.sampler)
+
+
+def loader_kwargs(cfg: DataConfig) -> dict:
+    workers = cfg.num_workers
+    return dict(
+        num_workers=workers,
+        pin_memory=cfg.pin_memory and torch.cuda.is_available(),
+        persistent_workers=cfg.persistent_workers and workers > 0,
+        prefetch_factor=cfg.prefetch_factor if workers > 0 else None,
+        collate_fn=collate,
+    )
+
+
+def build_train_loader(cfg: DataConfig, batch_size: int, seed: int, rank: int = 0, world_size: int = 1, transforms=None):
+    """The training DataLoader and its MixtureSampler (whose state goes into checkpoints).
+
+    ``batch_size`` is per process. ``transforms``: one per group (default: the geometric training
+    transform at ``crop_size``)."""
+    if not cfg.groups or not all(g.datasets for g in cfg.groups):
+        raise ValueError("data.groups must list at least one group with at least one dataset")
+    datasets = [[build_dataset(d) for d in g.datasets] for g in cfg.groups]
+    slots = split_batch(batch_size, [g.parts for g in cfg.groups], [g.name for g in cfg.groups])
+    mixture = [
+        MixtureGroup(g.name, [len(ds) for ds in group], [d.weight for d in g.datasets], n, g.weighting)
+        for g, group, n in zip(cfg.groups, datasets, slots)
+    ]
+    sampler = MixtureSampler(mixture, seed=seed, rank=rank, world_size=world_size)
+    if transforms is None:
+        transforms = [TrainTransform(cfg.crop_size, cfg.hflip) for _ in cfg.groups]
+    loader = DataLoader(MixtureDataset(datasets, transforms), batch_sampler=_StepSampler(sampler), **loader_kwargs(cfg))
+    return loader, sampler
+
+
+class ValidationDataset(Dataset):
+    """The first ``max_samples`` of each validation dataset at inference resolution (rank-sharded)."""
+
+    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, size: int | None = None):
+        self.datasets = [build_dataset(d) for d in cfg.val]
+        self.items = [(d, i) for d, ds in enumerate(self.datasets) for i in range(min(len(ds), cfg.val_max_samples))]
+        self.items = self.items[rank::world_size]
+        self.transform = EvalTransform(size or cfg.crop_size)
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        d, index = self.items[i]
+        return sample_to_tensors(self.transform(self.datasets[d][index]))
+
+
+def build_val_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, size: int | None = None):
+    """Batch size 1: validation images keep their own sizes."""
+    if not cfg.val:
+        return None
+    kwargs = loader_kwargs(cfg)
+    kwargs.update(num_workers=min(cfg.num_workers, 2), persistent_workers=False)
+    if kwargs["num_workers"] == 0:
+        kwargs["prefetch_factor"] = None
+    return DataLoader(ValidationDataset(cfg, rank, world_size, size), batch_size=1, shuffle=False, **kwargs)

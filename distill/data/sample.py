@@ -1,0 +1,61 @@
+"""The sample contract every reader returns and every stage consumes."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from distill.spaces import GEOMETRIES, SPACES
+
+# Geometries whose targets fix depth up to scale or better: GP2 applies its UTS term to them.
+COMPLETE_GEOMETRIES = ("metric", "uts")
+
+
+class SampleError(ValueError):
+    """A sample that cannot be read or is malformed; the message names the file or key."""
+
+
+@dataclass
+class Sample:
+    """One labeled (or unlabeled) image.
+
+    image: uint8 [H, W, 3] RGB. target: float32 [H, W] in ``space``; valid: bool [H, W].
+    space: ``depth`` | ``disparity`` | ``log_depth``; geometry: ``metric`` | ``uts`` | ``utss`` | ``none``
+    (``none``: unlabeled, target all zeros and valid all false). intrinsics: optional 3x3 float64
+    pinhole matrix for this image's pixel grid. confidence: optional float32 [H, W] in [0, 1]
+    (pseudo-labels with test-time augmentation).
+    """
+
+    image: np.ndarray
+    target: np.ndarray
+    valid: np.ndarray
+    space: str
+    geometry: str
+    dataset: str
+    key: str
+    intrinsics: np.ndarray | None = None
+    confidence: np.ndarray | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        where = f"{self.dataset}/{self.key}"
+        if self.space not in SPACES:
+            raise SampleError(f"{where}: unknown space {self.space!r}; valid: {', '.join(SPACES)}")
+        if self.geometry not in GEOMETRIES:
+            raise SampleError(f"{where}: unknown geometry {self.geometry!r}; valid: {', '.join(GEOMETRIES)}")
+        if self.image.dtype != np.uint8 or self.image.ndim != 3 or self.image.shape[2] != 3:
+            raise SampleError(f"{where}: image must be uint8 [H, W, 3], got {self.image.dtype} {self.image.shape}")
+        hw = self.image.shape[:2]
+        if self.target.shape != hw or self.valid.shape != hw:
+            raise SampleError(f"{where}: target {self.target.shape} / valid {self.valid.shape} do not match image {hw}")
+        self.target = self.target.astype(np.float32, copy=False)
+        self.valid = self.valid.astype(bool, copy=False) & np.isfinite(self.target)
+
+    @property
+    def complete(self) -> bool:
+        return self.geometry in COMPLETE_GEOMETRIES
+
+    @classmethod
+    def unlabeled(cls, image: np.ndarray, dataset: str, key: str, **kwargs) -> "Sample":
+        h, w = image.shape[:2]
+        return cls(image, np.zeros((h, w), np.float32), np.zeros((h, w), bool), "depth", "none", dataset, key, **kwargs)
