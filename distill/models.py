@@ -210,6 +210,22 @@ def save_model(model, out_dir: str | os.PathLike, output_space: OutputSpace | No
     return out_dir
 
 
+# Parameters that exist in the transformers modules but never take part in the depth forward:
+# DINOv2's mask token (masked-image pre-training only) and the first residual unit of the deepest
+# fusion block (it has no skip input). DDP requires every trainable parameter to get a gradient.
+UNUSED_PARAMETER_PREFIXES = ("backbone.embeddings.mask_token", "neck.fusion_stage.layers.0.residual_layer1.")
+
+
+def freeze_unused_parameters(model) -> list[str]:
+    """Turn off gradients of the parameters the forward never uses; returns their names."""
+    frozen = []
+    for name, p in model.named_parameters():
+        if name.startswith(UNUSED_PARAMETER_PREFIXES):
+            p.requires_grad_(False)
+            frozen.append(name)
+    return frozen
+
+
 # --- original Depth Anything V2 checkpoints -------------------------------------------------------
 
 _FUSION_BLOCK = {"out_conv": "projection", "resConfUnit1": "residual_layer1", "resConfUnit2": "residual_layer2"}

@@ -185,3 +185,11 @@ def test_swiglu_weights_split_into_gate_and_up():
     assert torch.equal(out["backbone.encoder.layer.3.mlp.gate_proj.weight"], w12[:2])
     assert torch.equal(out["backbone.encoder.layer.3.mlp.up_proj.weight"], w12[2:])
     assert torch.equal(out["backbone.encoder.layer.3.mlp.down_proj.bias"], torch.ones(2))
+
+
+def test_unused_parameters_are_exactly_those_without_gradient():
+    model = models.build_model("tiny", DEPTH_UP_TO_SCALE)
+    model(tiny_input()).predicted_depth.mean().backward()
+    no_grad = {n for n, p in model.named_parameters() if p.grad is None}
+    assert no_grad and no_grad == {n for n, _ in model.named_parameters() if n.startswith(models.UNUSED_PARAMETER_PREFIXES)}
+    assert set(models.freeze_unused_parameters(model)) == no_grad

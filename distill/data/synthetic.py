@@ -47,6 +47,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 MAX_DEPTH = 40.0  # metres; farther hits are invalid (and fit a 16-bit millimetre PNG)
 UTS_SCALE_RANGE = (0.5, 1.6)  # random depth scale of ``uts`` targets; max 64 m still fits 16 bits
@@ -650,6 +651,37 @@ def target_for(scene: SyntheticScene, geometry: str, seed: int = 0) -> tuple[np.
     return np.where(valid, s * disp + b, 0).astype(np.float32), "disparity"
 
 
+def scene_seed(seed: int, index: int) -> int:
+    """The scene seed of sample ``index`` of a dataset with ``seed`` (disjoint across seeds)."""
+    return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
+
+
+class SyntheticReader(torch.utils.data.Dataset):
+    """``num`` scenes rendered on the fly as ``Sample``s (the same scenes ``write_dataset`` writes
+    with the same seed and size): metric depth, depth up to scale (uts) or disparity up to scale and
+    shift (utss), with intrinsics. No disk, deterministic, fast enough to feed a tiny model."""
+
+    def __init__(self, num: int = 1000, seed: int = 0, height: int = 256, width: int = 256,
+                 geometry: str = "metric", kind: str | None = None, name: str = "synthetic"):
+        if geometry not in GEOMETRIES:
+            raise ValueError(f"unknown geometry {geometry!r}; valid: {', '.join(GEOMETRIES)}")
+        self.num, self.seed, self.size, self.geometry, self.kind, self.name = num, seed, (height, width), geometry, kind, name
+
+    def __len__(self):
+        return self.num
+
+    def __getitem__(self, index: int):
+        from distill.data.sample import Sample
+
+        if not 0 <= index < self.num:
+            raise IndexError(f"{self.name}: index {index} out of range [0, {self.num})")
+        s = scene_seed(self.seed, index)
+        scene = render_scene(s, *self.size, kind=self.kind)
+        target, space = target_for(scene, self.geometry, s)
+        return Sample(scene.image, target, scene.valid.copy(), space, self.geometry, self.name,
+                      f"{self.name}_{self.seed}_{index:07d}", intrinsics=scene.intrinsics)
+
+
 # ---------------------------------------------------------------------------------- writing
 def _atomic(path, write):
     """Write via ``write(file)`` to a temporary name, then rename: readers never see half files."""
@@ -685,9 +717,9 @@ def write_dataset(out: str, num: int, seed: int = 0, size: tuple = (256, 256),
         os.remove(os.path.join(out, "dataset.yaml"))
     for i in range(num):
         key = f"scene_{i:06d}"
-        scene_seed = int(np.random.SeedSequence([seed, i]).generate_state(1)[0])
-        scene = render_scene(scene_seed, *size)
-        target, space = target_for(scene, geometry, scene_seed)
+        seed_i = scene_seed(seed, i)
+        scene = render_scene(seed_i, *size)
+        target, space = target_for(scene, geometry, seed_i)
         _save_png(os.path.join(out, "rgb", f"{key}.png"), scene.image)
         if geometry == "utss":
             _atomic(os.path.join(out, "depth", f"{key}.npy"), lambda f: np.save(f, target))
@@ -696,7 +728,7 @@ def write_dataset(out: str, num: int, seed: int = 0, size: tuple = (256, 256),
             _save_png(os.path.join(out, "depth", f"{key}.png"), mm)
         K = scene.intrinsics
         meta = {"fx": K[0, 0], "fy": K[1, 1], "cx": K[0, 2], "cy": K[1, 2], "width": size[1],
-                "height": size[0], "seed": scene_seed}
+                "height": size[0], "seed": seed_i}
         _atomic(os.path.join(out, "intrinsics", f"{key}.json"), lambda f: f.write(json.dumps(meta).encode()))
     utss = geometry == "utss"
     info = {

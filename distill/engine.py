@@ -1,0 +1,373 @@
+"""The training engine shared by the teacher and the student.
+
+One ``Accelerator`` (fp32/fp16/bf16, gradient accumulation, DDP/DeepSpeed/FSDP from the
+``accelerate launch`` config), encoder/decoder learning rates, warm-up then decay, gradient clipping,
+checkpoints with ``save_state`` (plus the data sampler's position, so a resumed run continues the
+same data order), SIGTERM -> checkpoint and clean exit, periodic validation with
+``distill.metrics``, trackers, a progress bar and ``metrics.jsonl`` on the main process, and the
+final model in transformers format. A stage supplies only its model, its batch recipe (data
+transforms) and its objective: ``objective(model, batch) -> (loss, logs)``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, set_seed
+from tqdm.auto import tqdm
+
+from distill.config import save_config, to_dict
+from distill.data.loading import DataConfig, build_train_loader, build_val_loader
+from distill.data.transforms import normalize_images
+from distill.metrics import METRIC_NAMES, per_image_metrics, protocol_depth
+from distill.models import build_model, freeze_unused_parameters, load_depth_model, save_model
+from distill.spaces import OutputSpace, to_depth
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "tiny"
+    dinov2: str | None = None  # encoder init: DINOv2 hub id or directory (decoder random)
+    init_from: str | None = None  # or a whole depth model in transformers format
+    max_depth: int | None = None  # metric/GP2 head unit; default per output space
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class OptimConfig:
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: float = 5e-6  # encoder
+    decoder_lr_scale: float = 10.0  # decoder lr = lr * this (Depth Anything: 10x)
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = 0
+    schedule: Literal["poly", "linear", "cosine", "constant"] = "poly"
+    poly_power: float = 0.9
+    grad_clip: float = 1.0  # 0: off
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/train"
+    max_steps: int = 1000
+    batch_size: int = 8  # global: across processes and accumulation steps
+    grad_accum: int = 1
+    precision: Literal["no", "fp16", "bf16"] = "no"
+    seed: int = 0
+    compile: bool = False
+    log_every: int = 10
+    eval_every: int = 500  # 0: only at the end
+    save_every: int = 1000  # 0: only at the end
+    keep_checkpoints: int = 2
+    resume: str | None = None  # "latest" or a checkpoint directory
+    tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+
+
+# --- pieces ----------------------------------------------------------------------------------------
+
+
+def make_model(cfg: ModelConfig, output_space: OutputSpace):
+    if cfg.init_from:
+        model = load_depth_model(cfg.init_from, output_space=output_space)
+    else:
+        model = build_model(cfg.preset, output_space, cfg.max_depth, dinov2=cfg.dinov2)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    freeze_unused_parameters(model)
+    return model
+
+
+def param_groups(model, cfg: OptimConfig) -> list[dict]:
+    """Encoder at ``lr``, decoder at ``lr * decoder_lr_scale``; no weight decay on norms and biases."""
+    groups = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        part = "encoder" if name.startswith("backbone.") else "decoder"
+        decay = p.ndim > 1 and "position_embeddings" not in name and "token" not in name
+        lr = cfg.lr * (1.0 if part == "encoder" else cfg.decoder_lr_scale)
+        key = (part, decay)
+        groups.setdefault(key, {"params": [], "lr": lr, "weight_decay": cfg.weight_decay if decay else 0.0, "name": part})
+        groups[key]["params"].append(p)
+    return list(groups.values())
+
+
+def make_optimizer(model, cfg: OptimConfig):
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(param_groups(model, cfg), betas=cfg.betas)
+
+
+def lr_factor(step: int, max_steps: int, cfg: OptimConfig) -> float:
+    """Linear warm-up to 1, then the configured decay to 0 at ``max_steps``."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, max_steps - cfg.warmup_steps))
+    if cfg.schedule == "poly":
+        return (1.0 - progress) ** cfg.poly_power
+    if cfg.schedule == "linear":
+        return 1.0 - progress
+    if cfg.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0
+
+
+def checkpoint_dirs(output_dir: str) -> list[str]:
+    root = os.path.join(output_dir, "checkpoints")
+    if not os.path.isdir(root):
+        return []
+    names = sorted(n for n in os.listdir(root) if n.startswith("step_") and n[5:].isdigit())
+    return [os.path.join(root, n) for n in names]
+
+
+def resolve_resume(resume: str | None, output_dir: str) -> str | None:
+    if not resume:
+        return None
+    if resume == "latest":
+        found = checkpoint_dirs(output_dir)
+        return found[-1] if found else None  # nothing yet: a fresh start
+    if not os.path.isfile(os.path.join(resume, "trainer_state.json")):
+        raise FileNotFoundError(f"resume={resume}: not a checkpoint directory (no trainer_state.json)")
+    return resume
+
+
+class _Preemption:
+    """SIGTERM (and SIGINT) set a flag; the loop checkpoints and exits at the end of the step."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._previous[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread
+                pass
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def validate(model, loader, output_space: OutputSpace, accelerator: Accelerator, protocol: str | None = None) -> dict:
+    """Metrics on the validation set with the protocol of the model's output space (per image,
+    averaged over all images of all ranks). Only samples whose targets are depth up to scale or
+    better are scored."""
+    model.eval()
+    sums = torch.zeros(len(METRIC_NAMES) + 1, device=accelerator.device, dtype=torch.float64)
+    for batch in loader:
+        if not bool(batch["complete"].all()):
+            continue
+        batch = to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            pred = model(pixel_values=normalize_images(batch["image"])).predicted_depth
+        pred = F.interpolate(pred[:, None].float(), size=batch["target"].shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        gt = to_depth(batch["target"], batch["space"][0])
+        mask = batch["valid"] & (gt > 0)
+        depth = protocol_depth(pred, output_space, gt, mask, protocol)
+        m = per_image_metrics(depth, gt, mask)
+        valid = m.pop("valid")
+        sums[:-1] += torch.stack([m[k][valid].sum() for k in METRIC_NAMES])
+        sums[-1] += valid.sum()
+    model.train()
+    sums = accelerator.reduce(sums, reduction="sum")
+    count = float(sums[-1])
+    if count == 0:
+        return {}
+    return {f"val/{k}": float(v) / count for k, v in zip(METRIC_NAMES, sums[:-1])} | {"val/num_images": int(count)}
+
+
+# --- the loop -------------------------------------------------------------------------------------
+
+
+def train(
+    cfg: TrainConfig,
+    objective: Callable,
+    output_space: OutputSpace,
+    model=None,
+    train_transforms=None,
+    extra_modules: tuple = (),
+):
+    """Run a training job to ``cfg.max_steps``; returns the path of the final model directory.
+
+    ``objective(model, batch) -> (loss, logs)``; ``extra_modules``: frozen modules the objective
+    uses (e.g. the student's frozen DINOv2), moved to the device but not trained or saved.
+    """
+    # Distributed on CPU (tests, DeepSpeed without GPUs) needs the gloo backend.
+    cpu_distributed = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    accelerator = Accelerator(
+        mixed_precision=cfg.precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        log_with=None if cfg.tracker == "none" else cfg.tracker,
+        project_dir=cfg.output_dir,
+        kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_distributed else [],
+    )
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.batch_size % (world * cfg.grad_accum):
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes x grad_accum = {world} x {cfg.grad_accum}")
+    micro_batch = cfg.batch_size // (world * cfg.grad_accum)
+    set_seed(cfg.seed)  # identical initial weights on every rank
+    if model is None:
+        model = make_model(cfg.model, output_space)
+    optimizer = make_optimizer(model, cfg.optim)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.max_steps, cfg.optim))
+    if cfg.compile:
+        model = torch.compile(model)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    for module in extra_modules:
+        module.to(accelerator.device).eval().requires_grad_(False)
+
+    loader, sampler = build_train_loader(cfg.data, micro_batch, cfg.seed, rank, world, train_transforms)
+    val_loader = build_val_loader(cfg.data, rank, world)
+
+    step = 0
+    resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
+    if resume_dir:
+        accelerator.load_state(resume_dir)
+        with open(os.path.join(resume_dir, "trainer_state.json")) as f:
+            state = json.load(f)
+        step = state["step"]
+        sampler_file = os.path.join(resume_dir, f"sampler_rank{rank}.json")
+        with open(sampler_file) as f:
+            sampler.load_state(json.load(f))
+        # the optimizer state restored the learning rates; the schedule continues from ``step``
+        scheduler.last_epoch = step
+        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+    if accelerator.is_main_process:
+        os.makedirs(cfg.output_dir, exist_ok=True)
+        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+        if cfg.tracker != "none":
+            flat = {k: v for k, v in _flatten(to_dict(cfg)).items() if isinstance(v, (int, float, str, bool))}
+            accelerator.init_trackers(os.path.basename(os.path.abspath(cfg.output_dir)) or "train", config=flat)
+        accelerator.print(f"training {type(accelerator.unwrap_model(model)).__name__} on {world} process(es), "
+                          f"batch {cfg.batch_size} = {world} x {cfg.grad_accum} x {micro_batch}, from step {step}")
+
+    preemption = _Preemption()
+    log_path = os.path.join(cfg.output_dir, "metrics.jsonl")
+    progress = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    data_iter = iter(loader)
+    seen = bad = 0
+    window_loss, window_count, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
+    model.train()
+    while step < cfg.max_steps:
+        for _ in range(cfg.grad_accum):
+            batch = next(data_iter)
+            seen += len(batch["key"]) + len(batch["bad_samples"])
+            bad += len(batch["bad_samples"])
+            for report in batch["bad_samples"]:
+                _append_jsonl(os.path.join(cfg.output_dir, f"bad_samples_rank{rank}.jsonl"), {"step": step, "error": report})
+            batch = to_device(batch, accelerator.device)
+            with accelerator.accumulate(model):
+                with accelerator.autocast():
+                    loss, logs = objective(model, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            window_loss += loss.detach().float().item()
+            window_count += 1
+            window_samples += micro_batch * world
+        scheduler.step()
+        step += 1
+        progress.update(1)
+        if seen >= 100 and bad / seen > cfg.data.max_bad_fraction:
+            raise RuntimeError(
+                f"{bad} of {seen} samples could not be read (> data.max_bad_fraction = {cfg.data.max_bad_fraction}); "
+                f"see {cfg.output_dir}/bad_samples_rank{rank}.jsonl"
+            )
+
+        record = {}
+        is_last = step == cfg.max_steps
+        if step % cfg.log_every == 0 or is_last:
+            mean_loss = accelerator.reduce(torch.tensor(window_loss / window_count, device=accelerator.device), "mean").item()
+            elapsed = time.perf_counter() - window_start
+            record = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / elapsed}
+            record.update({k: float(v) for k, v in logs.items()})
+            progress.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{record['samples_per_s']:.1f}")
+            window_loss, window_count, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
+        if val_loader is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or is_last):
+            record = record or {"step": step, "loss": loss.detach().float().item()}
+            record.update(validate(model, val_loader, output_space, accelerator))
+        if record and accelerator.is_main_process:
+            _append_jsonl(log_path, record)
+            if cfg.tracker != "none":
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+        stop = accelerator.reduce(torch.tensor(float(preemption.requested), device=accelerator.device), "max").item() > 0
+        if (cfg.save_every and step % cfg.save_every == 0) or is_last or stop:
+            save_checkpoint(accelerator, cfg, step, sampler)
+        if stop:
+            accelerator.print(f"preempted: checkpoint at step {step} saved; resume with resume=latest")
+            break
+    progress.close()
+    preemption.restore()
+
+    final_dir = os.path.join(cfg.output_dir, "final")
+    if step >= cfg.max_steps:
+        accelerator.wait_for_everyone()
+        state_dict = accelerator.get_state_dict(model)
+        if accelerator.is_main_process:
+            unwrapped = accelerator.unwrap_model(model)
+            unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
+            save_model(unwrapped, final_dir, output_space, state_dict=state_dict)
+            save_config(cfg, os.path.join(final_dir, "training_config.yaml"))
+    accelerator.end_training()
+    return final_dir
+
+
+def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, sampler) -> str:
+    """save_state into ``step_N.tmp``, renamed once complete, so ``latest`` never sees half a checkpoint."""
+    root = os.path.join(cfg.output_dir, "checkpoints")
+    final = os.path.join(root, f"step_{step:08d}")
+    tmp = final + ".tmp"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        os.makedirs(tmp, exist_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(tmp)
+    with open(os.path.join(tmp, f"sampler_rank{accelerator.process_index}.json"), "w") as f:
+        json.dump(sampler.state_at(step * cfg.grad_accum), f)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        with open(os.path.join(tmp, "trainer_state.json"), "w") as f:
+            json.dump({"step": step, "num_processes": accelerator.num_processes}, f)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoint_dirs(cfg.output_dir)[: -cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def _append_jsonl(path: str, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

@@ -1,0 +1,158 @@
+"""Teacher training through the shared engine: learning, resume, preemption, multi-process, errors."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from distill.config import load_config
+from distill.engine import train
+from distill.train_teacher import TeacherConfig
+from teacher.objective import TeacherObjective, output_space_for
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "configs" / "teacher" / "tiny.yaml"
+
+
+def small_config(tmp_path, *overrides):
+    base = [
+        f"output_dir={tmp_path}",
+        "data.crop_size=42",
+        "data.num_workers=0",
+        "data.val_max_samples=4",
+        "data.groups.0.datasets.0.options.height=48",
+        "data.groups.0.datasets.0.options.width=64",
+        "data.groups.0.datasets.1.options.height=48",
+        "data.groups.0.datasets.1.options.width=64",
+        "data.groups.0.datasets.2.options.height=48",
+        "data.groups.0.datasets.2.options.width=64",
+        "data.val.0.options.height=48",
+        "data.val.0.options.width=64",
+        "tracker=none",
+        "batch_size=4",
+    ]
+    return load_config(TeacherConfig, TINY, base + list(overrides))
+
+
+def read_log(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def test_tiny_preset_loads():
+    cfg = load_config(TeacherConfig, TINY)
+    assert cfg.objective.kind == "gp2" and cfg.model.preset == "tiny"
+    assert [d.options["geometry"] for d in cfg.data.groups[0].datasets] == ["metric", "uts", "utss"]
+
+
+def test_loss_goes_down_and_final_model_loads(tmp_path):
+    cfg = small_config(tmp_path, "max_steps=40", "log_every=5", "eval_every=20", "save_every=0", "optim.lr=5e-4")
+    final = train(cfg, TeacherObjective(cfg.objective), output_space_for(cfg.objective.kind))
+    log = read_log(tmp_path / "metrics.jsonl")
+    losses = [r["loss"] for r in log]
+    assert all(r["step"] % 5 == 0 for r in log) and {"loss", "lr", "samples_per_s"} <= set(log[0])
+    assert losses[-1] < 0.8 * losses[0], losses
+    assert "val/abs_rel" in log[-1] and log[-1]["val/num_images"] == 4
+    from transformers import pipeline
+
+    pipe = pipeline("depth-estimation", model=final)
+    from PIL import Image
+    import numpy as np
+
+    out = pipe(Image.fromarray(np.zeros((50, 70, 3), np.uint8)))
+    assert out["predicted_depth"].shape == (50, 70)
+    assert json.loads(Path(final, "config.json").read_text())["output_geometry"] == "uts"
+    assert (Path(final) / "training_config.yaml").is_file()
+    assert (tmp_path / "checkpoints").is_dir()  # the final checkpoint, for later resumes
+
+
+class PreemptAt:
+    """The teacher objective, with a SIGTERM delivered to this process at the n-th call."""
+
+    def __init__(self, objective, n):
+        self.objective, self.n, self.calls = objective, n, 0
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        if self.calls == self.n:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.objective(model, batch)
+
+
+def test_sigterm_checkpoint_and_resume_match_uninterrupted_run(tmp_path):
+    steps = ["max_steps=8", "log_every=1", "eval_every=0", "save_every=0", "data.val=[]"]
+    full = small_config(tmp_path / "full", *steps)
+    train(full, TeacherObjective(full.objective), output_space_for("gp2"))
+    expected = [r["loss"] for r in read_log(tmp_path / "full" / "metrics.jsonl")]
+
+    run = small_config(tmp_path / "cut", *steps)
+    train(run, PreemptAt(TeacherObjective(run.objective), 3), output_space_for("gp2"))
+    log = read_log(tmp_path / "cut" / "metrics.jsonl")
+    assert [r["step"] for r in log] == [1, 2, 3]  # stopped cleanly after the step that got SIGTERM
+    assert not (tmp_path / "cut" / "final").exists()
+    assert sorted(os.listdir(tmp_path / "cut" / "checkpoints")) == ["step_00000003"]
+
+    resumed = small_config(tmp_path / "cut", *steps, "resume=latest")
+    train(resumed, TeacherObjective(resumed.objective), output_space_for("gp2"))
+    losses = [r["loss"] for r in read_log(tmp_path / "cut" / "metrics.jsonl")]
+    assert losses == pytest.approx(expected, rel=1e-5, abs=1e-7)
+
+
+def test_bad_config_values_give_one_line_errors(tmp_path):
+    script = str(ROOT / "distill" / "train_teacher.py")
+    for args, expected in [
+        (["objective.kind=midas"], "objective.kind: 'midas' is not one of 'gp2', 'ssi'"),
+        (["optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
+        (["modle.preset=vits"], "unknown key 'modle'"),
+        (["--config", str(tmp_path / "nope.yaml")], "config file not found"),
+    ]:
+        cmd = [sys.executable, script] + (args if args[0] == "--config" else ["--config", str(TINY), *args])
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.count("\n") == 1 and expected in proc.stderr, proc.stderr
+
+
+RECORDING_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {root!r})
+from distill.config import load_config
+from distill.engine import train
+from distill.train_teacher import TeacherConfig
+from teacher.objective import TeacherObjective, output_space_for
+
+cfg = load_config(TeacherConfig, {config!r}, sys.argv[1:])
+objective = TeacherObjective(cfg.objective)
+rank = int(os.environ.get('RANK', 0))  # (a PartialState made here would fix world size 1 on CPU)
+
+def recording(model, batch):
+    with open(os.path.join(cfg.output_dir, f"keys_rank{{rank}}.txt"), "a") as f:
+        f.write("\\n".join(batch["key"]) + "\\n")
+    return objective(model, batch)
+
+train(cfg, recording, output_space_for("gp2"))
+"""
+
+
+def test_two_process_run_ranks_see_different_data(tmp_path):
+    script = tmp_path / "record.py"
+    script.write_text(RECORDING_SCRIPT.format(root=str(ROOT), config=str(TINY)))
+    out = tmp_path / "run"
+    args = [
+        f"output_dir={out}", "max_steps=4", "log_every=2", "eval_every=4", "save_every=0", "tracker=none",
+        "batch_size=4", "data.crop_size=42", "data.num_workers=0", "data.val_max_samples=4",
+    ] + [f"data.groups.0.datasets.{i}.options.{k}={v}" for i in range(3) for k, v in (("height", 48), ("width", 64))] + [
+        "data.val.0.options.height=48", "data.val.0.options.width=64",
+    ]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    keys = [set((out / f"keys_rank{r}.txt").read_text().split()) for r in range(2)]
+    assert len(keys[0]) == len(keys[1]) == 8  # 4 steps x 2 samples per rank
+    assert not keys[0] & keys[1]
+    log = read_log(out / "metrics.jsonl")
+    assert [r["step"] for r in log] == [2, 4] and log[-1]["val/num_images"] == 4  # 2 per rank, reduced
+    assert (out / "final" / "model.safetensors").is_file()
