@@ -137,15 +137,18 @@ def build_model(
 ) -> DepthAnythingForDepthEstimation:
     """A Depth Anything model; with ``dinov2`` (hub id or directory) the encoder starts from those
     weights and the decoder is random, as for a fresh teacher or student."""
-    if dinov2 is None:
-        return DepthAnythingForDepthEstimation(model_config(preset, output_space, max_depth))
-    model = DepthAnythingForDepthEstimation(
-        model_config(preset, output_space, max_depth, load_dinov2_config(dinov2, preset))
-    )
-    encoder = Dinov2Backbone.from_pretrained(
-        dinov2, out_indices=list(get_preset(preset).tapped_layers), reshape_hidden_states=False
-    )
-    model.backbone.load_state_dict(encoder.state_dict())
+    dinov2_config = load_dinov2_config(dinov2, preset) if dinov2 is not None else None
+    model = DepthAnythingForDepthEstimation(model_config(preset, output_space, max_depth, dinov2_config))
+    if model.config.depth_estimation_type == "relative" and not model.head.conv3.bias.is_meta:
+        # A fresh ReLU head whose outputs start mostly negative never gets a gradient: start it on
+        # the active side.
+        with torch.no_grad():
+            model.head.conv3.bias.fill_(1.0)
+    if dinov2 is not None:
+        encoder = Dinov2Backbone.from_pretrained(
+            dinov2, out_indices=list(get_preset(preset).tapped_layers), reshape_hidden_states=False
+        )
+        model.backbone.load_state_dict(encoder.state_dict())
     return model
 
 
