@@ -20,17 +20,16 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
-from accelerate.utils import InitProcessGroupKwargs, set_seed
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from distill.config import save_config, to_dict
 from distill.data.loading import DataConfig, build_train_loader, build_val_loader
-from distill.data.transforms import normalize_images
-from distill.metrics import METRIC_NAMES, per_image_metrics, protocol_depth
+from distill.evaluation import predict, score_batch
+from distill.metrics import METRIC_NAMES
 from distill.models import build_model, freeze_unused_parameters, load_depth_model, save_model
-from distill.spaces import OutputSpace, to_depth
+from distill.spaces import OutputSpace
 
 
 @dataclass
@@ -84,7 +83,8 @@ def make_model(cfg: ModelConfig, output_space: OutputSpace):
     else:
         model = build_model(cfg.preset, output_space, cfg.max_depth, dinov2=cfg.dinov2)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable()
     freeze_unused_parameters(model)
     return model
 
@@ -121,6 +121,57 @@ def lr_factor(step: int, max_steps: int, cfg: OptimConfig) -> float:
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
     return 1.0
+
+
+def check_launch_config(accelerator: Accelerator, cfg: TrainConfig, micro_batch: int) -> None:
+    """The training config decides batch size, accumulation, clipping and precision; make the
+    ``accelerate launch`` config agree with it.
+
+    DeepSpeed takes the micro batch, accumulation steps and clipping from its own config (accelerate
+    fills "auto" values only from a dataloader passed to ``prepare``, which the engine does not do,
+    and would fill clipping with 1.0): write the training config's values into the entries left out
+    or "auto", and refuse explicit values that disagree rather than train with another recipe.
+    """
+    kind = accelerator.distributed_type
+    if accelerator.num_processes > 1 and kind == DistributedType.NO:  # e.g. --multi_gpu on a machine without GPUs
+        raise RuntimeError(
+            f"{accelerator.num_processes} processes but accelerate set up no distributed training, so each would train "
+            "its own copy: on CPU launch with ACCELERATE_USE_CPU=1 (or use_cpu: true in the accelerate config)"
+        )
+    for variable, wanted_kind in (("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED), ("ACCELERATE_USE_FSDP", DistributedType.FSDP)):
+        if os.environ.get(variable, "false").lower() == "true" and kind != wanted_kind:
+            raise RuntimeError(
+                f"the launch config asks for {wanted_kind.value} but accelerate runs {kind.value}: accelerate uses FSDP "
+                "only on GPUs, and DeepSpeed not with ACCELERATE_USE_CPU/use_cpu (on CPU launch DeepSpeed without it)"
+            )
+    plugin = accelerator.state.deepspeed_plugin
+    if plugin is not None:
+        ds = plugin.deepspeed_config
+        wanted = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": cfg.grad_accum,
+            "train_batch_size": cfg.batch_size,
+            "gradient_clipping": float(cfg.optim.grad_clip),  # 0: off, in both
+        }
+        source = {"gradient_clipping": "optim.grad_clip", "gradient_accumulation_steps": "grad_accum"}
+        for key, value in wanted.items():
+            current = ds.get(key, "auto")
+            if current not in ("auto", None) and float(current) != value:
+                raise ValueError(
+                    f"DeepSpeed config has {key}={current} but the training config implies {value} "
+                    f"({source.get(key, 'batch_size')}); remove it from the accelerate/DeepSpeed config or set it to auto"
+                )
+            ds[key] = value
+        plugin.gradient_accumulation_steps = cfg.grad_accum
+        plugin.gradient_clipping = float(cfg.optim.grad_clip)
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:  # ACCELERATE_GRADIENT_ACCUMULATION_STEPS overrides
+        raise ValueError(
+            f"accelerate uses gradient_accumulation_steps={accelerator.gradient_accumulation_steps} "
+            f"(from the launch config or environment) but grad_accum={cfg.grad_accum}; make them agree"
+        )
+    launched = os.environ.get("ACCELERATE_MIXED_PRECISION")  # set by accelerate launch from its config
+    if launched and launched != cfg.precision:
+        accelerator.print(f"warning: the launch config's mixed_precision={launched} is ignored; training uses precision={cfg.precision} from the training config")
 
 
 def checkpoint_dirs(output_dir: str) -> list[str]:
@@ -178,12 +229,8 @@ def validate(model, loader, output_space: OutputSpace, accelerator: Accelerator,
             continue
         batch = to_device(batch, accelerator.device)
         with accelerator.autocast():
-            pred = model(pixel_values=normalize_images(batch["image"])).predicted_depth
-        pred = F.interpolate(pred[:, None].float(), size=batch["target"].shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        gt = to_depth(batch["target"], batch["space"][0])
-        mask = batch["valid"] & (gt > 0)
-        depth = protocol_depth(pred, output_space, gt, mask, protocol)
-        m = per_image_metrics(depth, gt, mask)
+            pred = predict(model, batch["image"], batch["target"].shape[-2:])
+        m = score_batch(pred, batch, output_space, protocol)
         valid = m.pop("valid")
         sums[:-1] += torch.stack([m[k][valid].sum() for k in METRIC_NAMES])
         sums[-1] += valid.sum()
@@ -224,6 +271,7 @@ def train(
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes x grad_accum = {world} x {cfg.grad_accum}")
     micro_batch = cfg.batch_size // (world * cfg.grad_accum)
+    check_launch_config(accelerator, cfg, micro_batch)
     set_seed(cfg.seed)  # identical initial weights on every rank
     if model is None:
         model = make_model(cfg.model, output_space)

@@ -161,3 +161,46 @@ def test_two_process_run_ranks_see_different_data(tmp_path):
     log = read_log(out / "metrics.jsonl")
     assert [r["step"] for r in log] == [2, 4] and log[-1]["val/num_images"] == 4  # 2 per rank, reduced
     assert (out / "final" / "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("preset", ["tiny", "vits", "vitb", "vitl", "vitg"])
+def test_every_teacher_preset_loads(preset):
+    cfg = load_config(TeacherConfig, ROOT / "configs" / "teacher" / f"{preset}.yaml")
+    assert cfg.model.preset == preset
+    if preset != "tiny":  # the recipe
+        assert (cfg.data.crop_size, cfg.batch_size, cfg.max_steps) == (518, 64, 160000)
+        assert cfg.optim.lr == 5e-6 and cfg.optim.decoder_lr_scale == 10
+        assert {d.reader for d in cfg.data.groups[0].datasets} >= {"hypersim", "vkitti2", "megadepth", "hrwsi"}
+
+
+def test_bad_samples_are_skipped_counted_and_stop_the_run(tmp_path):
+    from distill.data.synthetic import write_dataset
+
+    data = tmp_path / "folder"
+    write_dataset(str(data), 12, seed=0, size=(48, 64))
+    broken = sorted((data / "rgb").iterdir())[:2]
+    broken[0].write_bytes(b"")  # zero bytes
+    broken[1].write_bytes(broken[1].read_bytes()[:100])  # truncated
+    folder = f"data.groups.0.datasets=[{{reader: folder, root: {data}}}]"
+    cfg = small_config(tmp_path / "ok", folder, "data.groups.0.parts=1", "max_steps=6", "log_every=3",
+                       "eval_every=0", "save_every=0", "data.val=[]", "data.max_bad_fraction=0.5")
+    train(cfg, TeacherObjective(cfg.objective), output_space_for("gp2"))
+    reports = read_log(tmp_path / "ok" / "bad_samples_rank0.jsonl")
+    assert reports and all("scene_00000" in r["error"] for r in reports)
+    assert {r["error"].split(":")[0] for r in reports} <= {"FolderReader[0]", "FolderReader[1]"}
+    assert (tmp_path / "ok" / "final" / "model.safetensors").is_file()
+
+    strict = small_config(tmp_path / "strict", folder, "max_steps=40", "eval_every=0", "save_every=0",
+                          "data.val=[]", "data.max_bad_fraction=0.01")
+    with pytest.raises(RuntimeError, match=r"could not be read \(> data.max_bad_fraction = 0.01\)"):
+        train(strict, TeacherObjective(strict.objective), output_space_for("gp2"))
+
+
+def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
+    steps = ["max_steps=2", "log_every=1", "eval_every=0", "save_every=0", "data.val=[]"]
+    losses = []
+    for flag in ("false", "true"):
+        cfg = small_config(tmp_path / flag, *steps, f"model.gradient_checkpointing={flag}")
+        train(cfg, TeacherObjective(cfg.objective), output_space_for("gp2"))
+        losses.append([r["loss"] for r in read_log(tmp_path / flag / "metrics.jsonl")])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
