@@ -28,19 +28,25 @@ from distill.train_teacher import TeacherConfig  # noqa: E402
 from teacher.objective import TeacherObjective, output_space_for  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# (crop, batch, steps, log window) per preset: a reduced crop keeps ViT-S short on a CPU.
-SETTINGS = {"tiny": (112, 8, 120, 20), "vits": (266, 4, 12, 4), "vitb": (266, 4, 8, 4), "vitl": (266, 2, 6, 3)}
+# (crop, batch, steps, log window, scene height, width) per preset: a reduced crop keeps ViT-S short
+# on a CPU; tiny keeps its preset's 120x160 scenes.
+SETTINGS = {
+    "tiny": (112, 8, 120, 20, 120, 160),
+    "vits": (266, 4, 12, 4, 360, 480),
+    "vitb": (266, 4, 8, 4, 360, 480),
+    "vitl": (266, 2, 6, 3, 360, 480),
+}
 
 
 def teacher_config(preset: str, output_dir: str, precision: str) -> TeacherConfig:
-    crop, batch, steps, window = SETTINGS[preset]
+    crop, batch, steps, window, height, width = SETTINGS[preset]
     return load_config(
         TeacherConfig,
         os.path.join(ROOT, "configs", "teacher", "tiny.yaml"),
         [f"model.preset={preset}", f"data.crop_size={crop}", f"batch_size={batch}", f"max_steps={steps}",
          f"log_every={window}", f"output_dir={output_dir}", "tracker=none", "save_every=0", "eval_every=0",
          "data.val=[]", f"precision={precision}", "optim.warmup_steps=0"]
-        + [f"data.groups.0.datasets.{i}.options.{k}={v}" for i in range(3) for k, v in (("height", 360), ("width", 480))],
+        + [f"data.groups.0.datasets.{i}.options.{k}={v}" for i in range(3) for k, v in (("height", height), ("width", width))],
     )
 
 

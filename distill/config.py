@@ -10,12 +10,31 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML with 1.2 booleans: only true/false, so ``precision=no`` stays the string "no"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+for _first in "tTfF":
+    _Loader.yaml_implicit_resolvers.setdefault(_first, []).insert(
+        0, ("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"))
+    )
+
+
+def _load_yaml(text):
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigError(ValueError):
@@ -28,7 +47,7 @@ def _read_yaml(path: str | os.PathLike) -> dict:
         raise ConfigError(f"config file not found: {path}")
     try:
         with open(path) as f:
-            data = yaml.safe_load(f)
+            data = _load_yaml(f)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""
@@ -69,7 +88,7 @@ def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         try:
-            value = yaml.safe_load(raw) if raw else ""
+            value = _load_yaml(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
         _set_dotted(data, key.strip(), value)

@@ -46,6 +46,9 @@ def test_yaml_and_overrides(tmp_path):
     assert cfg.optim.lr == 1e-4 and cfg.optim.betas == (0.8, 0.9)
     assert [(d.name, d.weight) for d in cfg.datasets] == [("hypersim", 1.0), ("vkitti", 3.0)]
     assert load_config(Train, None, ["resume=null"]).resume is None
+    # YAML 1.2 booleans: "no" is a string (precision=no), only true/false are booleans
+    assert load_config(Train, None, ["output_dir=no", "compile=true"]).output_dir == "no"
+    assert load_config(Train, write(tmp_path, "output_dir: off\ncompile: false\n")).output_dir == "off"
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(Train, tmp_path / "resolved.yaml") == cfg
 
