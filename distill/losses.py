@@ -119,34 +119,49 @@ class _Units:
     target: torch.Tensor
     mask: torch.Tensor
     weight: torch.Tensor  # [B, R]: region area / (H * W)
+    pixel_weight: torch.Tensor | None = None  # [N, H, W], e.g. pseudo-label confidence
 
 
-def _units(pred, target, mask, regions=None, fill: float = 1.0) -> _Units:
+def _units(pred, target, mask, regions=None, fill: float = 1.0, pixel_weight=None) -> _Units:
     if pred.dim() != 3 or pred.shape != target.shape or pred.shape != mask.shape:
         raise ValueError(
             f"pred, target and mask must all be [B, H, W]; got {tuple(pred.shape)}, "
             f"{tuple(target.shape)}, {tuple(mask.shape)}"
         )
     mask = mask.bool() & torch.isfinite(target)
+    if pixel_weight is not None:
+        if pixel_weight.shape != pred.shape:
+            raise ValueError(f"pixel weight must be [B, H, W] = {tuple(pred.shape)}, got {tuple(pixel_weight.shape)}")
+        mask = mask & (pixel_weight > 0)  # zero weight: out of the alignment statistics too
     # Replace invalid pixels by a harmless value so no NaN/inf enters any gradient path.
     pred = torch.where(mask, pred, torch.full_like(pred, fill))
     target = torch.where(mask, target, torch.full_like(target, fill))
+    if pixel_weight is not None:
+        pixel_weight = torch.where(mask, pixel_weight.to(pred.dtype), torch.zeros_like(pred))
     b, h, w = pred.shape
     if regions is None:
-        return _Units(pred, target, mask, torch.ones(b, 1, device=pred.device, dtype=pred.dtype))
+        return _Units(pred, target, mask, torch.ones(b, 1, device=pred.device, dtype=pred.dtype), pixel_weight)
     if regions.dim() != 4 or regions.shape[0] != b or regions.shape[2:] != (h, w):
         raise ValueError(f"regions must be [B, R, H, W] with B, H, W = {b}, {h}, {w}; got {tuple(regions.shape)}")
     r = regions.shape[1]
     regions = regions.bool()
     weight = regions.flatten(2).sum(-1).to(pred.dtype) / (h * w)
     expand = lambda x: x[:, None].expand(b, r, h, w).reshape(b * r, h, w)  # noqa: E731
-    return _Units(expand(pred), expand(target), (mask[:, None] & regions).reshape(b * r, h, w), weight)
+    return _Units(
+        expand(pred),
+        expand(target),
+        (mask[:, None] & regions).reshape(b * r, h, w),
+        weight,
+        None if pixel_weight is None else expand(pixel_weight),
+    )
 
 
 def _reduce_per_image(err: torch.Tensor, units: _Units, trim: float = 0.0) -> torch.Tensor:
     """Mean error per unit (after trimming), area-weighted sum over an image's regions, mean over
     images that have any valid pixel."""
     err, mask = err.flatten(1), units.mask.flatten(1)
+    if units.pixel_weight is not None:  # confidence-guided: 1/|P_v| sum C(p) |e(p)| (Tonioni et al.)
+        err = err * units.pixel_weight.flatten(1)
     mask = drop_largest_losses(err, mask, trim)
     per_unit = masked_mean(err, mask)
     b, r = units.weight.shape
@@ -162,14 +177,15 @@ def _reduce_per_image(err: torch.Tensor, units: _Units, trim: float = 0.0) -> to
 
 
 @_float32
-def ssi_loss(pred, target, mask, trim: float = 0.0, regions=None) -> torch.Tensor:
+def ssi_loss(pred, target, mask, trim: float = 0.0, regions=None, weight=None) -> torch.Tensor:
     """Scale-and-shift-invariant MAE (MiDaS, Depth Anything V1), normally in disparity space.
 
     Per image (region): both maps normalised by median and mean absolute deviation over valid pixels,
     mean |pred_hat - target_hat| over valid pixels, dropping the ``trim`` fraction of largest
-    residuals. Reduction: per image, averaged over images with valid pixels.
+    residuals. ``weight`` (optional [B, H, W]) multiplies each pixel's error (confidence).
+    Reduction: per image, averaged over images with valid pixels.
     """
-    u = _units(pred, target, mask, regions)
+    u = _units(pred, target, mask, regions, pixel_weight=weight)
     p, t, m = u.pred.flatten(1), u.target.flatten(1), u.mask.flatten(1)
     err = (normalize_median_mad(p, m) - normalize_median_mad(t, m)).abs()
     return _reduce_per_image(err, u, trim)
@@ -228,11 +244,12 @@ def gradient_matching_loss(pred, target, mask, scales: int = 4, alignment: str =
 
 
 @_float32
-def uts_loss(pred, target, mask, trim: float = 0.0, regions=None) -> torch.Tensor:
+def uts_loss(pred, target, mask, trim: float = 0.0, regions=None, weight=None) -> torch.Tensor:
     """Scale-invariant loss of GP2, on depths: r = log(pred) - log(target) over valid pixels,
     mean |r - median(r)|. Invariant to a positive scale of either depth, not to a shift.
-    Reduction: per image, averaged over images with valid pixels."""
-    u = _units(pred, target, mask, regions)
+    ``weight``: optional per-pixel error weight. Reduction: per image, averaged over images with
+    valid pixels."""
+    u = _units(pred, target, mask, regions, pixel_weight=weight)
     m = u.mask.flatten(1) & (u.target.flatten(1) > 0)
     u.mask = m.reshape(u.mask.shape)
     r = torch.log(u.pred.flatten(1).clamp_min(EPS)) - torch.log(u.target.flatten(1).clamp_min(EPS))
@@ -240,11 +257,11 @@ def uts_loss(pred, target, mask, trim: float = 0.0, regions=None) -> torch.Tenso
 
 
 @_float32
-def utss_loss(pred, target, mask, trim: float = 0.0, regions=None) -> torch.Tensor:
+def utss_loss(pred, target, mask, trim: float = 0.0, regions=None, weight=None) -> torch.Tensor:
     """Scale-and-shift-invariant loss of GP2, on disparities: both maps normalised to zero mean and
-    unit std over valid pixels, mean |pred_n - target_n|. Reduction: per image, averaged over images
-    with valid pixels."""
-    u = _units(pred, target, mask, regions)
+    unit std over valid pixels, mean |pred_n - target_n|. ``weight``: optional per-pixel error
+    weight. Reduction: per image, averaged over images with valid pixels."""
+    u = _units(pred, target, mask, regions, pixel_weight=weight)
     p, t, m = u.pred.flatten(1), u.target.flatten(1), u.mask.flatten(1)
     return _reduce_per_image((normalize_mean_std(p, m) - normalize_mean_std(t, m)).abs(), u, trim)
 

@@ -259,3 +259,18 @@ def test_shape_errors_are_clear():
     with pytest.raises(ValueError, match="regions"):
         L.ssi_loss(torch.rand(1, 4, 4), torch.rand(1, 4, 4), torch.ones(1, 4, 4, dtype=torch.bool),
                    regions=torch.ones(1, 4, 4, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("fn", [L.ssi_loss, L.uts_loss, L.utss_loss])
+def test_confidence_weight_zero_pixels_get_no_gradient(fn):
+    pred, target, mask = rand_batch()
+    pred.requires_grad_(True)
+    confidence = torch.rand_like(pred)
+    confidence[:, :4] = 0.0
+    loss = fn(pred, target, mask, weight=confidence)
+    loss.backward()
+    assert loss.item() > 0 and torch.isfinite(pred.grad).all()
+    assert torch.all(pred.grad[:, :4] == 0)  # zero-confidence pixels contribute nothing
+    assert pred.grad[:, 4:][mask[:, 4:]].abs().sum() > 0
+    # unit weights are the unweighted loss
+    assert fn(pred, target, mask, weight=torch.ones_like(pred)).item() == pytest.approx(fn(pred, target, mask).item())
