@@ -48,8 +48,13 @@ class TeacherObjective:
         self.cfg = cfg
 
     def __call__(self, model, batch: dict):
-        check_targets(batch)
         pred = model(pixel_values=normalize_images(batch["image"])).predicted_depth
+        return self.loss_on(pred, batch)
+
+    def loss_on(self, pred: torch.Tensor, batch: dict):
+        """The loss of a prediction [B, H, W] against the batch's labels (also used by the student
+        for its labeled rows)."""
+        check_targets(batch)
         target, mask, complete = batch["target"].float(), batch["valid"], batch["complete"]
         c = self.cfg
         if c.kind == "gp2":

@@ -73,6 +73,7 @@ class MixtureDataset(Dataset):
             try:
                 sample = dataset[i]
                 row = sample_to_tensors(self.transforms[g](sample, seed))
+                row["group"] = torch.tensor(g)
                 row["bad_samples"] = bad
                 return row
             except (SampleError, OSError, ValueError) as err:

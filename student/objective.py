@@ -1,0 +1,113 @@
+"""The student's objective: pseudo-label loss (per CutMix region, top-10% ignored, optionally
+confidence-weighted) + feature alignment to a frozen DINOv2 on pseudo-labeled images + the
+teacher's objective on labeled rows when the batch mixes them in (Depth Anything V1)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from distill.data.transforms import normalize_images
+from distill.losses import feature_alignment_loss, gradient_matching_loss, ssi_loss, uts_loss
+from distill.spaces import OutputSpace, convert
+from student.perturb import PerturbConfig, cutmix
+from teacher.objective import TeacherObjective, TeacherObjectiveConfig
+
+
+@dataclass
+class StudentObjectiveConfig:
+    pseudo_group: str = "pseudo"  # the data group holding pseudo-labeled (or unlabeled, online) images
+    trim: float = 0.1  # Depth Anything V2: ignore each sample's 10% largest per-pixel losses
+    gradient_weight: float = 2.0  # relative (SSI) students: SSI + gradient matching
+    feature_weight: float = 1.0  # 0: no feature alignment
+    feature_margin: float = 0.15
+    confidence: bool = True  # use shards' confidence maps where present
+    confidence_threshold: float = 0.1
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    labeled: TeacherObjectiveConfig = field(default_factory=TeacherObjectiveConfig)  # for labeled rows
+
+
+class FinalTokens:
+    """Captures the final-layer patch tokens (LayerNorm applied) of a DINOv2 backbone as it runs,
+    so the student's depth forward also yields its features without a second encoder pass."""
+
+    def __init__(self, backbone):
+        self.tokens = None
+        backbone.register_forward_hook(self._hook)
+
+    def _hook(self, module, inputs, output):
+        self.tokens = output.feature_maps[-1][:, 1:]  # drop the class token
+
+
+class StudentObjective:
+    def __init__(self, cfg: StudentObjectiveConfig, output_space: OutputSpace, pseudo_group: int,
+                 frozen_encoder=None, teacher=None, seed: int = 0):
+        self.cfg, self.output_space, self.pseudo_group = cfg, output_space, pseudo_group
+        self.frozen_encoder, self.teacher = frozen_encoder, teacher
+        self.labeled = TeacherObjective(cfg.labeled)
+        self.generator = torch.Generator().manual_seed(seed)  # CutMix boxes: reproducible on resume
+        self._features = None
+
+    def _student_features(self, model):
+        if self._features is None:
+            backbone = getattr(model, "module", model).backbone
+            self._features = FinalTokens(backbone)
+        return self._features
+
+    def pseudo_targets(self, batch: dict, pseudo: torch.Tensor):
+        """Pseudo-labels in the student's output space, from the shards or (online) the teacher
+        run on the clean images."""
+        if self.teacher is not None:
+            target = torch.zeros_like(batch["target"], dtype=torch.float32)
+            with torch.no_grad():
+                pred = self.teacher(pixel_values=normalize_images(batch["image"][pseudo])).predicted_depth.float()
+            target[pseudo] = convert(pred, self.teacher.config.output_space, self.output_space.space)
+            return target, torch.ones_like(batch["valid"]), torch.ones_like(target)
+        target = batch["target"].float().clone()
+        for space in set(s for s, p in zip(batch["space"], pseudo.tolist()) if p):
+            rows = torch.tensor([s == space for s in batch["space"]], device=target.device) & pseudo
+            target[rows] = convert(target[rows], space, self.output_space.space)
+        confidence = batch["confidence"].float()
+        if not self.cfg.confidence:
+            confidence = torch.ones_like(confidence)
+        return target, batch["valid"], confidence
+
+    def __call__(self, model, batch: dict):
+        c = self.cfg
+        pseudo = batch["group"] == self.pseudo_group
+        features = self._student_features(model) if c.feature_weight else None
+        images = batch["image"]
+        logs = {}
+        loss = torch.zeros((), device=images.device)
+        if bool(pseudo.any()):
+            target, valid, confidence = self.pseudo_targets(batch, pseudo)
+            valid = valid & (confidence > c.confidence_threshold)
+            tensors = {"image": images, "target": target, "valid": valid, "confidence": confidence}
+            regions = None
+            if c.perturb.enabled and torch.rand((), generator=self.generator).item() < c.perturb.cutmix_p:
+                tensors, regions = cutmix(pseudo, tensors, self.generator)
+            images = tensors["image"]
+        pred = model(pixel_values=normalize_images(images)).predicted_depth
+        if bool(pseudo.any()):
+            p, t, v, w = pred[pseudo], tensors["target"][pseudo], tensors["valid"][pseudo], tensors["confidence"][pseudo]
+            r = None if regions is None else regions[pseudo]
+            if self.output_space.geometry == "utss":  # relative disparity student
+                pseudo_loss = ssi_loss(p, t, v, trim=c.trim, regions=r, weight=w)
+                pseudo_loss = pseudo_loss + c.gradient_weight * gradient_matching_loss(p, t, v, alignment="median", regions=r)
+            else:  # geometry-preserving student: scale-invariant in log-depth
+                pseudo_loss = uts_loss(p, t, v, trim=c.trim, regions=r, weight=w)
+            loss = loss + pseudo_loss
+            logs["pseudo"] = pseudo_loss.detach()
+            if c.feature_weight and self.frozen_encoder is not None:
+                with torch.no_grad():
+                    frozen = self.frozen_encoder(pixel_values=normalize_images(images[pseudo])).feature_maps[-1][:, 1:]
+                feat = feature_alignment_loss(features.tokens[pseudo], frozen, margin=c.feature_margin)
+                loss = loss + c.feature_weight * feat
+                logs["feature"] = feat.detach()
+        labeled = ~pseudo
+        if bool(labeled.any()):
+            sub = {k: (v[labeled] if torch.is_tensor(v) else [x for x, keep in zip(v, labeled.tolist()) if keep]) for k, v in batch.items()}
+            labeled_loss, _ = self.labeled.loss_on(pred[labeled], sub)
+            loss = loss + labeled_loss
+            logs["labeled"] = labeled_loss.detach()
+        return loss, logs

@@ -1,0 +1,126 @@
+"""Student: CutMix regions, feature capture, perturbations, objective and a short training run."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from distill import models
+from distill.spaces import DEPTH_UP_TO_SCALE
+from student.objective import FinalTokens, StudentObjective, StudentObjectiveConfig
+from student.perturb import PerturbConfig, cutmix, photometric
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def two_sources(h=16, w=20):
+    image_a = torch.full((3, h, w), 10, dtype=torch.uint8)
+    image_b = torch.full((3, h, w), 200, dtype=torch.uint8)
+    label_a, label_b = torch.full((h, w), 1.0), torch.full((h, w), 5.0)
+    return image_a, image_b, label_a, label_b
+
+
+def mix(first, second, seed=0):
+    (ia, la), (ib, lb) = first, second
+    tensors = {"image": torch.stack([ia, ib]), "target": torch.stack([la, lb]), "valid": torch.ones(2, *la.shape, dtype=torch.bool)}
+    return cutmix(torch.tensor([True, True]), tensors, torch.Generator().manual_seed(seed))
+
+
+def test_cutmix_each_region_is_supervised_by_its_source_label():
+    image_a, image_b, label_a, label_b = two_sources()
+    for seed in range(5):
+        mixed, regions = mix((image_a, label_a), (image_b, label_b), seed)
+        own, other = regions[0, 0], regions[0, 1]
+        assert torch.equal(own, ~other) and 0 < int(other.sum()) < own.numel()
+        img, tgt = mixed["image"][0], mixed["target"][0]
+        # row 0: its own pixels and labels outside the box, the partner's inside it
+        assert torch.all(img[:, own] == 10) and torch.all(img[:, other] == 200)
+        assert torch.all(tgt[own] == 1.0) and torch.all(tgt[other] == 5.0)
+        # swapping the two source images swaps which label supervises which region
+        swapped, regions_s = mix((image_b, label_b), (image_a, label_a), seed)
+        assert torch.equal(regions_s, regions)
+        assert torch.all(swapped["target"][0][own] == 5.0) and torch.all(swapped["target"][0][other] == 1.0)
+        assert torch.all(swapped["image"][0][:, other] == 10)
+
+
+def test_cutmix_leaves_unselected_rows_and_single_rows_alone():
+    image_a, image_b, label_a, label_b = two_sources()
+    tensors = {"image": torch.stack([image_a, image_b, image_a]), "target": torch.stack([label_a, label_b, label_a])}
+    mixed, regions = cutmix(torch.tensor([True, False, True]), tensors, torch.Generator().manual_seed(1))
+    assert torch.equal(mixed["image"][1], image_b) and bool(regions[1, 0].all())  # labeled row untouched
+    lone, lone_regions = cutmix(torch.tensor([True, False, False]), tensors, torch.Generator().manual_seed(1))
+    assert torch.equal(lone["image"], tensors["image"]) and bool(lone_regions[:, 0].all())
+
+
+def test_photometric_changes_image_only_and_can_be_switched_off():
+    from distill.data.sample import Sample
+    from distill.data.transforms import TrainTransform
+
+    rng = np.random.default_rng(0)
+    sample = Sample(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8), rng.random((40, 50), dtype=np.float32),
+                    np.ones((40, 50), bool), "depth", "uts", "t", "k")
+    plain = TrainTransform(28)(sample, 3)
+    perturbed = TrainTransform(28, photometric=photometric(PerturbConfig(color_jitter_p=1.0, blur_p=1.0)))(sample, 3)
+    assert np.array_equal(plain.target, perturbed.target)  # labels of the clean image
+    assert not np.array_equal(plain.image, perturbed.image)
+    assert photometric(PerturbConfig(enabled=False)) == []
+
+
+def test_final_tokens_are_the_last_layer_patch_tokens():
+    model = models.build_model("tiny", DEPTH_UP_TO_SCALE).eval()
+    capture = FinalTokens(model.backbone)
+    x = torch.randn(2, 3, 42, 56)
+    with torch.no_grad():
+        model(pixel_values=x)
+        direct = model.backbone(pixel_values=x).feature_maps[-1][:, 1:]
+    assert capture.tokens.shape == (2, 3 * 4, 32) and torch.equal(capture.tokens, direct)
+
+
+def test_objective_confidence_and_feature_terms():
+    torch.manual_seed(0)
+    model = models.build_model("tiny", DEPTH_UP_TO_SCALE)
+    frozen = models.build_model("tiny", DEPTH_UP_TO_SCALE).backbone.eval().requires_grad_(False)
+    cfg = StudentObjectiveConfig(perturb=PerturbConfig(cutmix_p=1.0), confidence_threshold=0.1)
+    objective = StudentObjective(cfg, DEPTH_UP_TO_SCALE, pseudo_group=0, frozen_encoder=frozen)
+    b, h, w = 2, 28, 42
+    confidence = torch.rand(b, h, w) * 0.8 + 0.2
+    confidence[:, :, :5] = 0.0  # below the threshold: dropped
+    batch = {
+        "image": torch.randint(0, 255, (b, 3, h, w), dtype=torch.uint8),
+        "target": torch.rand(b, h, w) + 0.5, "valid": torch.ones(b, h, w, dtype=torch.bool),
+        "confidence": confidence, "group": torch.zeros(b, dtype=torch.long),
+        "space": ["depth"] * b, "geometry": ["uts"] * b, "complete": torch.ones(b, dtype=torch.bool), "key": ["a", "b"],
+    }
+    loss, logs = objective(model, batch)
+    assert torch.isfinite(loss) and {"pseudo", "feature"} <= set(logs) and logs["feature"] > 0
+    loss.backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_student_refuses_the_teachers_weights(tmp_path):
+    cmd = [sys.executable, str(ROOT / "distill" / "train_student.py"), "--config", str(ROOT / "configs" / "student" / "tiny.yaml"),
+           f"teacher={tmp_path}", f"model.init_from={tmp_path}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "not the teacher's weights" in proc.stderr
+
+
+def test_online_student_run(tmp_path):
+    """Teacher in the loop (a tiny random teacher saved in transformers format): trains, validates,
+    writes a final model that loads in the pipeline."""
+    teacher = models.build_model("tiny", DEPTH_UP_TO_SCALE)
+    models.save_model(teacher, tmp_path / "teacher")
+    out = tmp_path / "student"
+    cmd = [sys.executable, str(ROOT / "distill" / "train_student.py"), "--config", str(ROOT / "configs" / "student" / "tiny.yaml"),
+           f"teacher={tmp_path / 'teacher'}", f"output_dir={out}", "max_steps=6", "log_every=3", "eval_every=6",
+           "save_every=0", "tracker=none", "batch_size=4", "data.crop_size=42", "data.num_workers=0", "data.val_max_samples=2",
+           "data.groups.0.datasets=[{reader: synthetic, options: {num: 50, seed: 7, height: 48, width: 64}}]",
+           "data.val.0.options.height=48", "data.val.0.options.width=64"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 6] and "pseudo" in log[0] and "val/abs_rel" in log[-1]
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert (config["output_space"], config["output_geometry"]) == ("depth", "uts")
