@@ -124,3 +124,14 @@ def test_online_student_run(tmp_path):
     assert [r["step"] for r in log] == [3, 6] and "pseudo" in log[0] and "val/abs_rel" in log[-1]
     config = json.loads((out / "final" / "config.json").read_text())
     assert (config["output_space"], config["output_geometry"]) == ("depth", "uts")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "vits", "vitb", "vitl"])
+def test_every_student_preset_loads(preset):
+    from distill.config import load_config
+    from distill.train_student import StudentConfig
+
+    cfg = load_config(StudentConfig, ROOT / "configs" / "student" / f"{preset}.yaml")
+    assert cfg.model.preset == preset and cfg.student.trim == 0.1 and cfg.student.feature_margin == 0.15
+    if preset != "tiny":
+        assert (cfg.data.crop_size, cfg.batch_size, cfg.max_steps, cfg.optim.lr) == (518, 192, 480000, 5e-6)
