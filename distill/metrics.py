@@ -13,8 +13,17 @@ from distill.losses import lsq_scale_shift, masked_median
 
 MIN_VALID_PIXELS = 10
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
-# Depth range (metres) and crop of each benchmark whose protocol RECIPE.md fixes.
-BENCHMARK_DEPTH_RANGE = {"nyu": (1e-3, 10.0), "kitti": (1e-3, 80.0)}
+# Ground-truth depth range (metres) of each benchmark; its crop is in ``BENCHMARK_CROP`` below.
+# nyu, kitti: fixed by RECIPE.md. eth3d (1e-5 .. inf) and diode (0.6 .. 350 m): the ranges of the
+# Marigold evaluation code, which later relative-depth papers reuse. sintel (1e-3 .. 72 m): an
+# assumption (the MiDaS-era cap; Sintel's sky and far background would otherwise dominate).
+BENCHMARK_DEPTH_RANGE = {
+    "nyu": (1e-3, 10.0),
+    "kitti": (1e-3, 80.0),
+    "eth3d": (1e-5, math.inf),
+    "diode": (0.6, 350.0),
+    "sintel": (1e-3, 72.0),
+}
 
 
 def _batched(*tensors):
@@ -124,13 +133,21 @@ def depth_range_mask(gt_depth: torch.Tensor, min_depth: float, max_depth: float)
     return torch.isfinite(gt_depth) & (gt_depth >= min_depth) & (gt_depth <= max_depth)
 
 
+# Evaluation crop of each benchmark (benchmarks not listed are scored on the whole image).
+BENCHMARK_CROP = {"nyu": nyu_eigen_crop, "kitti": kitti_garg_crop}
+
+
 def benchmark_mask(benchmark: str, gt_depth: torch.Tensor) -> torch.Tensor:
-    """The evaluation mask of ``nyu`` (Eigen crop, 1e-3..10 m) or ``kitti`` (Garg crop, 1e-3..80 m)."""
+    """The evaluation mask of a benchmark of ``BENCHMARK_DEPTH_RANGE``: ground truth finite and in
+    its depth range, inside its crop if it has one (``nyu``: Eigen crop, 1e-3..10 m; ``kitti``: Garg
+    crop, 1e-3..80 m)."""
     if benchmark not in BENCHMARK_DEPTH_RANGE:
         raise ValueError(f"no crop/range for benchmark {benchmark!r}; known: {', '.join(BENCHMARK_DEPTH_RANGE)}")
-    h, w = gt_depth.shape[-2:]
-    crop = nyu_eigen_crop(h, w) if benchmark == "nyu" else kitti_garg_crop(h, w)
-    return depth_range_mask(gt_depth, *BENCHMARK_DEPTH_RANGE[benchmark]) & crop.to(gt_depth.device)
+    mask = depth_range_mask(gt_depth, *BENCHMARK_DEPTH_RANGE[benchmark])
+    if benchmark in BENCHMARK_CROP:
+        h, w = gt_depth.shape[-2:]
+        mask = mask & BENCHMARK_CROP[benchmark](h, w).to(gt_depth.device)
+    return mask
 
 
 # --- protocols --------------------------------------------------------------------------------------

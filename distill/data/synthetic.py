@@ -744,13 +744,17 @@ def write_dataset(out: str, num: int, seed: int = 0, size: tuple = (256, 256),
 
 
 # ------------------------------------------------------------------------------ previews, CLI
-def colorize(depth, valid):
+def colorize(depth, valid, inverse_range=None):
     """Inverse depth -> RGB uint8 with a small hand-made colormap (near: yellow, far: purple);
-    invalid pixels are black."""
+    invalid pixels are black. ``inverse_range`` (lo, hi) fixes the inverse-depth range mapped onto
+    the colormap (default: this map's own range), so several maps can share one scale."""
     stops = np.array([[0.05, 0.03, 0.2], [0.45, 0.1, 0.55], [0.85, 0.3, 0.35], [0.98, 0.65, 0.2],
                       [0.98, 0.95, 0.6]])
     inv = np.where(valid, 1 / np.where(valid, depth, 1), np.nan)
-    lo, hi = (np.nanmin(inv), np.nanmax(inv)) if valid.any() else (0, 1)
+    if inverse_range is not None:
+        lo, hi = inverse_range
+    else:
+        lo, hi = (np.nanmin(inv), np.nanmax(inv)) if valid.any() else (0, 1)
     x = np.nan_to_num((inv - lo) / max(hi - lo, 1e-9)) * (len(stops) - 1)
     grid = np.arange(len(stops))
     rgb = np.stack([np.interp(x, grid, stops[:, c]) for c in range(3)], -1)

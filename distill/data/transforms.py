@@ -92,16 +92,16 @@ def multiple_of(x: float, multiple: int = PATCH_SIZE, min_value: int = 0) -> int
     return y if y >= min_value else int(math.ceil(x / multiple)) * multiple
 
 
-def inference_size(height: int, width: int, size: int = INPUT_SIZE) -> tuple[int, int]:
+def inference_size(height: int, width: int, size: int = INPUT_SIZE, multiple: int = PATCH_SIZE) -> tuple[int, int]:
     """Depth Anything's inference resolution: aspect kept, shorter side at least ``size``, both
-    sides multiples of 14."""
+    sides multiples of ``multiple`` (the patch size, 14)."""
     scale = size / min(height, width)
-    return multiple_of(height * scale, min_value=size), multiple_of(width * scale, min_value=size)
+    return multiple_of(height * scale, multiple, size), multiple_of(width * scale, multiple, size)
 
 
-def resize_for_inference(image: np.ndarray, size: int = INPUT_SIZE) -> np.ndarray:
+def resize_for_inference(image: np.ndarray, size: int = INPUT_SIZE, multiple: int = PATCH_SIZE) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 image at ``inference_size`` (bicubic, as the original code)."""
-    h, w = inference_size(*image.shape[:2], size)
+    h, w = inference_size(*image.shape[:2], size, multiple)
     return cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC)
 
 
@@ -137,8 +137,9 @@ def sample_to_tensors(sample: Sample) -> dict:
     }
 
 
-def normalize_images(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float ImageNet-normalised, on whatever device the images are."""
-    mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float normalised (ImageNet mean/std by default), on whatever device the
+    images are."""
+    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
     return (images.float() / 255.0 - mean) / std
