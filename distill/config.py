@@ -8,6 +8,7 @@ value; ``parse_cli`` turns it into that line on stderr and exit code 2.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import re
@@ -35,6 +36,13 @@ for _first in "tTfF":
 
 def _load_yaml(text):
     return yaml.load(text, Loader=_Loader)
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit code 2 (no usage dump)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 class ConfigError(ValueError):

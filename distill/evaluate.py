@@ -68,6 +68,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 import numpy as np
 import torch
 
+from distill.config import CliParser
 from distill.data import formats as F
 from distill.data.readers import DIODEReader, ETH3DReader, FolderReader, KITTIReader, NYUReader, SintelReader
 from distill.data.sample import SampleError
@@ -512,13 +513,8 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="evaluate.py", description=__doc__.split("\n")[0])
+    p = CliParser(prog="evaluate.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="checkpoint directory or transformers hub id")
     p.add_argument("--benchmark", required=True, help=f"one of: {', '.join(BENCHMARKS)}")
     p.add_argument("--data-root", required=True, help="the benchmark's folder (da2k: folder or annotations.json)")

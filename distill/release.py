@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the project importable
 
 import numpy as np
 
+from distill.config import CliParser
 from distill.evaluate import EvalError, _quiet_transformers, load_model
 from distill.metrics import METRIC_NAMES
 from distill.models import INPUT_SIZE, PRESETS, output_space_of, save_model
@@ -421,13 +422,8 @@ def push(folder, repo_id: str, token: str, private: bool = False, commit_message
 
 
 # ------------------------------------------------------------------------------------------- CLI
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="release.py", description=__doc__.split("\n")[0])
+    p = CliParser(prog="release.py", description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="checkpoint directory or transformers hub id")
     p.add_argument("--repo-id", required=True, help="USER/NAME on the Hub")
     p.add_argument("--private", action="store_true", help="create the repo private")
