@@ -32,6 +32,7 @@ from distill.data import formats as F
 from distill.data.synthetic import SyntheticReader
 from distill.data.sample import Sample, SampleError
 from distill.spaces import GEOMETRIES, SPACES
+from pseudolabel.shards import ShardReader
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 DEPTH_EXTS = (".png", ".npy", ".pfm", ".exr", ".h5", ".hdf5", ".dpt")
@@ -839,6 +840,7 @@ READERS = {
     "hf": HFDatasetReader,
     "hf_iterable": HFIterableReader,
     "synthetic": SyntheticReader,  # scenes rendered on the fly (distill.data.synthetic)
+    "shards": ShardReader,  # pseudo-label shards written by distill/pseudolabel.py
 }
 
 

@@ -1,0 +1,268 @@
+"""One input -> the model's input image plus what to store; bad inputs fail with one-line reasons.
+
+``decode_item`` reads the header first (size, format, EXIF orientation), refuses images larger
+than ``max_pixels`` before decoding them (decompression bombs), and asks the JPEG decoder for a
+reduced DCT scale (``PIL.Image.draft``, 1/2 .. 1/8) when the largest size it needs is at most
+half the stored size, so a 24-megapixel photo costs about what a 1.5-megapixel one does. The
+image is turned upright (EXIF orientation), converted to RGB exactly as ``distill.data.formats``
+does (palette, RGBA, CMYK, 16-bit, ...), and resized to the inference size with OpenCV (bicubic,
+as Depth Anything; area averaging when shrinking by more than 2x).
+
+What is stored (``store_image``):
+- ``original``: the file's bytes, when they already are upright RGB/L in the format of the
+  job's image field (``image_ext``); otherwise (EXIF-rotated, CMYK, palette, RGBA, 16-bit, other
+  formats) the upright RGB the teacher saw, re-encoded at full size. The label has this size.
+- ``reencode``: the upright RGB, resized so its longer side is at most ``image_max_side``
+  (never enlarged); the label has that size.
+- ``none``: no image; the label has the original (upright) size.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import struct
+import warnings
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from distill.data.formats import pil_to_rgb
+
+# EXIF orientation -> the PIL transpose that makes the image upright (as ImageOps.exif_transpose).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_FORMAT_EXT = {"JPEG": "jpg", "PNG": "png", "WEBP": "webp"}
+_KEEP_MODES = ("RGB", "L")
+
+
+class DecodeFailure(Exception):
+    """An input that cannot be labeled; ``str(err)`` is the one-line reason for errors.jsonl."""
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    input_size: int = 518
+    multiple: int = 14
+    max_aspect: float = 4.0
+    store_image: str = "original"
+    image_max_side: int = 1024
+    image_ext: str = "jpg"
+    jpeg_quality: int = 95
+    draft: bool = True
+    max_pixels: int = 100_000_000
+
+
+def _round_multiple(x: float, multiple: int) -> int:
+    return max(multiple, int(round(x / multiple)) * multiple)
+
+
+def inference_hw(h: int, w: int, plan: DecodePlan) -> tuple[int, int]:
+    """Depth Anything's size (aspect kept, shorter side at least ``input_size``, multiples of 14),
+    with the longer side capped at ``input_size * max_aspect`` for extreme aspect ratios."""
+    size, m = plan.input_size, plan.multiple
+    short, long = min(h, w), max(h, w)
+    if long / short <= plan.max_aspect:
+        scale = size / short
+        th = int(round(h * scale / m)) * m
+        tw = int(round(w * scale / m)) * m
+        th = th if th >= size else int(math.ceil(h * scale / m)) * m
+        tw = tw if tw >= size else int(math.ceil(w * scale / m)) * m
+        return th, tw
+    scale = size * plan.max_aspect / long
+    return _round_multiple(h * scale, m), _round_multiple(w * scale, m)
+
+
+def fit_within(h: int, w: int, max_side: int) -> tuple[int, int]:
+    scale = min(1.0, max_side / max(h, w))
+    return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
+
+
+def encode_image(rgb: np.ndarray, ext: str, quality: int) -> bytes:
+    im = Image.fromarray(rgb)
+    buf = io.BytesIO()
+    if ext == "jpg":
+        im.save(buf, format="JPEG", quality=quality)
+    elif ext == "webp":
+        im.save(buf, format="WEBP", quality=quality)
+    else:
+        im.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(0x0112, 1)
+        return int(value) if int(value) in range(1, 9) else 1
+    except Exception:  # noqa: BLE001 - a malformed EXIF block only loses the orientation
+        return 1
+
+
+def _resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    h, w = rgb.shape[:2]
+    if (h, w) == tuple(hw):
+        return rgb
+    shrink = min(hw[0] / h, hw[1] / w)
+    interpolation = cv2.INTER_AREA if shrink < 0.5 else cv2.INTER_CUBIC
+    return cv2.resize(rgb, (hw[1], hw[0]), interpolation=interpolation)
+
+
+def _open(data) -> Image.Image:
+    if isinstance(data, Image.Image):
+        return data
+    if not data:
+        raise DecodeFailure("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(io.BytesIO(data))
+    except Image.UnidentifiedImageError:
+        raise DecodeFailure("not a recognised image format") from None
+    except Image.DecompressionBombError as e:
+        raise DecodeFailure(f"image too large ({e})") from None
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError) as e:
+        raise DecodeFailure(f"cannot read image header ({type(e).__name__}: {e})") from None
+
+
+def decode_item(data, plan: DecodePlan) -> dict:
+    """``data``: the file's bytes (or a PIL image). Returns ``image`` (uint8 [H, W, 3] at the
+    inference size), ``label_hw``, ``stored`` (bytes or None), ``stored_how`` and ``meta``."""
+    im = _open(data)
+    w_raw, h_raw = im.size
+    if w_raw < 1 or h_raw < 1:
+        raise DecodeFailure(f"image has no pixels ({w_raw}x{h_raw})")
+    if w_raw * h_raw > plan.max_pixels:
+        raise DecodeFailure(f"image too large: {w_raw}x{h_raw} = {w_raw * h_raw} pixels > max_pixels {plan.max_pixels} (decompression-bomb guard)")
+    orientation = _orientation(im)
+    swap = orientation in (5, 6, 7, 8)
+    h0, w0 = (w_raw, h_raw) if swap else (h_raw, w_raw)
+    source_format, source_mode = im.format or "", im.mode
+    inf_hw = inference_hw(h0, w0, plan)
+
+    keep_original = (
+        plan.store_image == "original" and isinstance(data, (bytes, bytearray, memoryview))
+        and _FORMAT_EXT.get(source_format) == plan.image_ext and orientation == 1 and source_mode in _KEEP_MODES
+    )
+    if plan.store_image == "reencode":
+        label_hw, how = fit_within(h0, w0, plan.image_max_side), "reencoded"
+    elif plan.store_image == "original":
+        label_hw, how = (h0, w0), ("original" if keep_original else "reencoded")
+    else:
+        label_hw, how = (h0, w0), "none"
+    # The largest size anything below needs, upright.
+    need = inf_hw if how in ("original", "none") else (max(inf_hw[0], label_hw[0]), max(inf_hw[1], label_hw[1]))
+    if plan.draft and source_format == "JPEG" and need[0] * 2 <= h0 and need[1] * 2 <= w0:
+        request = (need[0], need[1]) if swap else (need[1], need[0])  # PIL wants (w, h) of the stored grid
+        try:
+            im.draft(im.mode, request)
+        except (OSError, ValueError):
+            pass  # decode at full size
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about odd but decodable files (EXIF, ICC, palette)
+            im.load()
+            if orientation in _TRANSPOSE:
+                im = im.transpose(_TRANSPOSE[orientation])
+            rgb = pil_to_rgb(im)
+    except DecodeFailure:
+        raise
+    except MemoryError:
+        raise DecodeFailure(f"out of memory decoding a {w_raw}x{h_raw} image") from None
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as e:
+        raise DecodeFailure(f"cannot decode image ({type(e).__name__}: {e})") from None
+    if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise DecodeFailure(f"decoded to an empty array {rgb.shape}")
+
+    stored = None
+    if how == "original":
+        stored = bytes(data)
+    elif how == "reencoded":
+        stored = encode_image(_resize(rgb, label_hw), plan.image_ext, plan.jpeg_quality)
+    meta = {
+        "source_format": source_format,
+        "source_mode": source_mode,
+        "exif_orientation": orientation,
+        "decoded_size": [int(rgb.shape[0]), int(rgb.shape[1])],
+    }
+    return {"image": _resize(rgb, inf_hw), "label_hw": label_hw, "original_hw": (h0, w0),
+            "stored": stored, "stored_how": how, "meta": meta}
+
+
+class ByteSource:
+    """Reads an input's bytes from its listing entry: a file, a tar member by offset, or a row of
+    a Hugging Face dataset. Opens lazily (one per DataLoader worker, picklable)."""
+
+    def __init__(self, kind: str, hf: dict | None = None):
+        self.kind, self.hf = kind, hf
+        self._tars: dict[str, int] = {}
+        self._dataset = None
+
+    def __getstate__(self):
+        return {"kind": self.kind, "hf": self.hf, "_tars": {}, "_dataset": None}
+
+    def close(self):
+        for fd in self._tars.values():
+            os.close(fd)
+        self._tars.clear()
+
+    def read(self, item: dict):
+        if "error" in item:
+            raise DecodeFailure(item["error"])
+        if "file" in item:
+            try:
+                with open(item["file"], "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                raise DecodeFailure("file not found") from None
+            except OSError as e:
+                raise DecodeFailure(f"cannot read file ({type(e).__name__}: {e.strerror or e})") from None
+        if "tar" in item:
+            return self._read_member(item)
+        return self._read_row(item["row"])
+
+    def _read_member(self, item):
+        tar = item["tar"]
+        try:
+            if tar not in self._tars:
+                if len(self._tars) >= 16:
+                    self.close()
+                self._tars[tar] = os.open(tar, os.O_RDONLY)
+            data = os.pread(self._tars[tar], item["size"], item["offset"])
+        except OSError as e:
+            raise DecodeFailure(f"cannot read tar member ({type(e).__name__}: {e.strerror or e})") from None
+        if len(data) != item["size"]:
+            raise DecodeFailure(f"tar member truncated ({len(data)} of {item['size']} bytes)")
+        return data
+
+    def _read_row(self, row: int):
+        if self._dataset is None:
+            from pseudolabel.inputs import load_hf  # noqa: PLC0415 - datasets only for HF inputs
+
+            self._dataset = load_hf(self.hf["name"], self.hf["split"], self.hf["image_column"])
+        try:
+            value = self._dataset[row][self.hf["image_column"]]
+        except Exception as e:  # noqa: BLE001 - a bad row is that row's error
+            raise DecodeFailure(f"cannot read dataset row ({type(e).__name__}: {e})") from None
+        if isinstance(value, dict):
+            if value.get("bytes"):
+                return value["bytes"]
+            if value.get("path"):
+                return ByteSource.read(self, {"file": value["path"]})
+            raise DecodeFailure("image cell holds neither bytes nor a path")
+        if isinstance(value, (bytes, bytearray, Image.Image)):
+            return value
+        if value is None:
+            raise DecodeFailure("image cell is empty")
+        try:
+            return Image.fromarray(np.asarray(value))
+        except (TypeError, ValueError) as e:
+            raise DecodeFailure(f"image cell is not an image ({type(e).__name__})") from None

@@ -1,0 +1,317 @@
+"""Input discovery, the frozen listing, keys, and the deterministic split of the work.
+
+Inputs (``--input``, kind detected unless ``input_type`` says):
+
+- a directory, walked recursively in sorted order (hidden entries skipped); files with an image
+  extension are inputs (a file that is not really an image becomes an error record later);
+  a directory holding no images but ``.tar`` files is read as WebDataset shards, and one holding a
+  ``datasets`` ``save_to_disk`` dataset as a Hugging Face dataset;
+- a glob (``*``, ``?``, ``[...]``, and ``{a,b}`` / ``{000..009}`` brace expansion);
+- a text file listing paths, one per line (relative paths are relative to the list file; blank
+  lines and ``#`` comments skipped; a file listed twice, in any spelling, is labeled once);
+- WebDataset ``.tar`` shards (one file, a glob, or a directory of them): each sample key's first
+  image member is an input; members are located once at discovery and read back by offset;
+- ``hf:NAME_OR_PATH`` (or a hub id): a Hugging Face dataset, split ``hf_split``, column
+  ``image_column`` (images as ``datasets.Image`` or bytes), keyed by ``key_column`` or row number.
+
+The first run writes the listing to ``O/_job/items.jsonl`` (one JSON line per input: ``id`` the
+stable source id, ``path`` for messages, and where to read it) with an offsets array, so a restart
+labels exactly the inputs of the first run even if the corpus changed, and workers read their
+slice of a listing of any length by offset without holding it in memory.
+
+Work split: the listing is cut into *units* of ``shard_size`` consecutive inputs; unit ``u``
+becomes output shard ``shard-{u:06d}.tar`` and belongs to process ``u % world_size``. Neither
+depends on the number of processes, so 1 and N processes write the same shards with the same keys.
+
+Keys: ``<sanitised file stem, at most 32 chars>_<first 20 hex digits of sha1(source id)>``: no
+dots, unique (80-bit hash of a unique id), and stable across runs.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import io
+import json
+import os
+import re
+import tarfile
+
+import numpy as np
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm")
+COMPRESSED_TAR_EXTS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_BRACES = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+class InputError(ValueError):
+    """The input cannot be used at all (not found, empty, unsupported); one line for the user."""
+
+
+# ------------------------------------------------------------------------------------------ keys
+def make_key(source_id: str) -> str:
+    stem = os.path.splitext(os.path.basename(source_id.rstrip("/").split(":")[-1]))[0]
+    stem = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_")[:32] or "x"
+    return f"{stem}_{hashlib.sha1(source_id.encode('utf-8')).hexdigest()[:20]}"
+
+
+def unit_count(n_items: int, shard_size: int) -> int:
+    return (n_items + shard_size - 1) // shard_size
+
+
+def unit_range(unit: int, n_items: int, shard_size: int) -> tuple[int, int]:
+    return unit * shard_size, min(n_items, (unit + 1) * shard_size)
+
+
+def rank_units(n_units: int, rank: int, world: int) -> list[int]:
+    return list(range(rank, n_units, world))
+
+
+def shard_name(unit: int) -> str:
+    return f"shard-{unit:06d}"
+
+
+# ------------------------------------------------------------------------------------- discovery
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTS)
+
+
+def _expand(pattern: str) -> list[str]:
+    patterns = [pattern]
+    if _BRACES.search(pattern):
+        import braceexpand  # noqa: PLC0415 - a webdataset dependency
+
+        patterns = list(braceexpand.braceexpand(pattern))
+    found = set()
+    for p in patterns:
+        found.update(glob.glob(p, recursive=True) if _GLOB_CHARS.search(p) else ([p] if os.path.exists(p) else []))
+    return sorted(os.path.abspath(p) for p in found if os.path.isfile(p))
+
+
+def _static_prefix(pattern: str) -> str:
+    """The directory part of a pattern before its first wildcard (ids are relative to it)."""
+    m = re.search(r"[*?\[{]", pattern)
+    head = pattern[: m.start()] if m else pattern
+    return os.path.abspath(os.path.dirname(head) if not head.endswith(os.sep) else head)
+
+
+def _walk(root: str, exclude: str | None):
+    """Files under ``root`` in a deterministic order (sorted per directory), hidden ones skipped."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (exclude is None or os.path.abspath(os.path.join(dirpath, d)) != exclude))
+        for name in sorted(filenames):
+            if not name.startswith("."):
+                yield os.path.join(dirpath, name)
+
+
+def _is_hf_saved(path: str) -> bool:
+    return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, f)) for f in ("state.json", "dataset_dict.json"))
+
+
+def detect(cfg, exclude: str | None = None) -> tuple[str, dict]:
+    """(kind, spec) of ``cfg.input``; kind in files | list | tars | hf. Raises InputError."""
+    spec = cfg.input
+    if not spec:
+        raise InputError("no input given (--input)")
+    kind = cfg.input_type
+    if kind == "hf" or (kind == "auto" and spec.startswith("hf:")):
+        return "hf", {"name": spec[3:] if spec.startswith("hf:") else spec}
+    if spec.lower().endswith(COMPRESSED_TAR_EXTS):
+        raise InputError(f"{spec}: compressed tar shards cannot be read by offset; decompress them to .tar first")
+    if os.path.isdir(spec):
+        root = os.path.abspath(spec)
+        if kind in ("auto", "hf") and _is_hf_saved(root):
+            return "hf", {"name": root}
+        if kind in ("auto", "files", "tars"):
+            files = [f for f in _walk(root, exclude) if _is_image(f) or f.endswith(".tar")]
+            images = [f for f in files if _is_image(f)]
+            tars = [f for f in files if f.endswith(".tar")]
+            if kind == "tars" or (kind == "auto" and not images and tars):
+                if not tars:
+                    raise InputError(f"{spec}: no .tar shards found")
+                return "tars", {"tars": tars, "root": root}
+            if not images:
+                raise InputError(f"{spec}: no images found (extensions: {' '.join(IMAGE_EXTS)})")
+            return "files", {"files": images, "root": root}
+        raise InputError(f"{spec}: is a directory, not a {kind} input")
+    if os.path.isfile(spec) and not _GLOB_CHARS.search(os.path.basename(spec)):
+        path = os.path.abspath(spec)
+        if kind == "tars" or (kind == "auto" and path.endswith(".tar")):
+            return "tars", {"tars": [path], "root": os.path.dirname(path)}
+        if kind == "files" or (kind == "auto" and _is_image(path)):
+            return "files", {"files": [path], "root": os.path.dirname(path)}
+        return "list", {"list": path}
+    if _GLOB_CHARS.search(spec) or _BRACES.search(spec):
+        matches = _expand(spec)
+        if not matches:
+            raise InputError(f"{spec}: the pattern matches no files")
+        root = _static_prefix(spec)
+        tars = [m for m in matches if m.endswith(".tar")]
+        if kind == "tars" or (kind == "auto" and tars and len(tars) == len(matches)):
+            return "tars", {"tars": tars, "root": root}
+        images = [m for m in matches if _is_image(m) or kind == "files"]
+        if not images:
+            raise InputError(f"{spec}: the pattern matches no images")
+        return "files", {"files": images, "root": root}
+    if kind == "auto" and _HUB_ID.match(spec) and not os.path.exists(spec):
+        return "hf", {"name": spec}
+    raise InputError(f"{spec}: input not found")
+
+
+def _file_items(spec):
+    root = spec["root"]
+    for path in spec["files"]:
+        yield {"id": os.path.relpath(path, root).replace(os.sep, "/"), "path": path, "file": path}
+
+
+def _list_items(spec):
+    base = os.path.dirname(spec["list"])
+    try:
+        with open(spec["list"], encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{spec['list']}: cannot read the list file ({type(e).__name__})") from None
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path = os.path.normpath(os.path.join(base, line))  # absolute lines stay absolute
+        # the id is relative to the list's folder however the line was written, so "a.jpg",
+        # "./a.jpg" and "/data/a.jpg" are one input, and moving corpus and list together keeps keys
+        yield {"id": os.path.relpath(path, base).replace(os.sep, "/"), "path": path, "file": path}
+
+
+def wds_split(name: str) -> tuple[str | None, str | None]:
+    """WebDataset's grouping: key = path up to the first dot of the basename, field = the rest."""
+    m = re.match(r"^((?:.*/|)[^.]+)[.]([^/]*)$", name)
+    return (m.group(1), m.group(2)) if m else (None, None)
+
+
+def _tar_items(spec):
+    root = spec["root"]
+    for tar in spec["tars"]:
+        rel = os.path.relpath(tar, root).replace(os.sep, "/")
+        images, order, error = {}, [], None
+        try:
+            with tarfile.open(tar, "r:") as tf:
+                for m in tf:
+                    if not m.isfile():
+                        continue
+                    key, field = wds_split(m.name)
+                    if key is None:
+                        continue
+                    if key not in images:
+                        images[key] = None
+                        order.append(key)
+                    if images[key] is None and _is_image("." + field.rsplit(".", 1)[-1]):
+                        images[key] = (m.name, m.offset_data, m.size)
+        except (tarfile.TarError, OSError, EOFError) as e:
+            error = f"unreadable tar after {len(order)} samples ({type(e).__name__}: {e})"
+        for key in order:
+            sid, where = f"{rel}:{key}", f"{tar}:{key}"
+            member = images[key]
+            if member is None:
+                yield {"id": sid, "path": where, "error": "no image member in this WebDataset sample"}
+            else:
+                yield {"id": sid, "path": f"{tar}:{member[0]}", "tar": tar, "offset": member[1], "size": member[2]}
+        if error is not None:
+            yield {"id": f"{rel}:", "path": tar, "error": error}
+
+
+def load_hf(name: str, split: str, image_column: str):
+    """A map-style ``datasets.Dataset`` whose image column yields raw bytes (decoded by us)."""
+    import datasets  # noqa: PLC0415
+
+    try:
+        if _is_hf_saved(name):
+            ds = datasets.load_from_disk(name)
+        else:
+            ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001 - any failure to open the dataset is one line for the user
+        raise InputError(f"hf:{name}: cannot load the dataset ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if isinstance(ds, (datasets.DatasetDict, dict)):
+        if split not in ds:
+            raise InputError(f"hf:{name}: no split {split!r}; has {sorted(ds)}")
+        ds = ds[split]
+    if not isinstance(ds, datasets.Dataset):
+        raise InputError(f"hf:{name}: expected a map-style dataset, got {type(ds).__name__}")
+    if image_column not in ds.column_names:
+        raise InputError(f"hf:{name}: no column {image_column!r}; has {ds.column_names}")
+    if isinstance(ds.features[image_column], datasets.Image):
+        ds = ds.cast_column(image_column, datasets.Image(decode=False))
+    return ds
+
+
+def _hf_items(spec, cfg):
+    ds = load_hf(spec["name"], cfg.hf_split, cfg.image_column)
+    if cfg.key_column and cfg.key_column not in ds.column_names:
+        raise InputError(f"hf:{spec['name']}: no key column {cfg.key_column!r}")
+    keys = ds[cfg.key_column] if cfg.key_column else None
+    for row in range(len(ds)):
+        sid = f"{spec['name']}:{cfg.hf_split}:{keys[row] if keys is not None else row}"
+        yield {"id": sid, "path": f"hf:{spec['name']}[{cfg.hf_split}][{row}]", "row": row}
+
+
+def discover(kind: str, spec: dict, cfg):
+    if kind == "files":
+        return _file_items(spec)
+    if kind == "list":
+        return _list_items(spec)
+    if kind == "tars":
+        return _tar_items(spec)
+    return _hf_items(spec, cfg)
+
+
+# --------------------------------------------------------------------------------------- listing
+def write_listing(items, job_dir: str) -> dict:
+    """Stream ``items`` into ``items.jsonl`` + ``items.offsets.npy`` (atomically); ids seen twice
+    are dropped (counted). Returns {"items": N, "duplicates": D}."""
+    os.makedirs(job_dir, exist_ok=True)
+    path = os.path.join(job_dir, "items.jsonl")
+    offsets, seen, duplicates = [0], set(), 0
+    with open(path + ".tmp", "wb") as f:
+        buf = io.BufferedWriter(f, 1 << 20)
+        for item in items:
+            digest = hashlib.blake2b(item["id"].encode("utf-8"), digest_size=10).digest()
+            if digest in seen:
+                duplicates += 1
+                continue
+            seen.add(digest)
+            line = (json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+            buf.write(line)
+            offsets.append(offsets[-1] + len(line))
+        buf.flush()
+        os.fsync(f.fileno())
+    np.save(os.path.join(job_dir, "items.offsets.tmp.npy"), np.asarray(offsets, dtype=np.uint64))
+    os.replace(os.path.join(job_dir, "items.offsets.tmp.npy"), os.path.join(job_dir, "items.offsets.npy"))
+    os.replace(path + ".tmp", path)
+    return {"items": len(offsets) - 1, "duplicates": duplicates}
+
+
+class Listing:
+    """Read access to the frozen listing by index range; opens lazily (picklable, per process)."""
+
+    def __init__(self, job_dir: str):
+        self.job_dir = job_dir
+        self._offsets = None
+        self._file = None
+
+    def __getstate__(self):
+        return {"job_dir": self.job_dir, "_offsets": None, "_file": None}
+
+    def _open(self):
+        if self._offsets is None:
+            self._offsets = np.load(os.path.join(self.job_dir, "items.offsets.npy"), mmap_mode="r")
+            self._file = open(os.path.join(self.job_dir, "items.jsonl"), "rb")  # noqa: SIM115
+        return self._offsets
+
+    def __len__(self) -> int:
+        return len(self._open()) - 1
+
+    def read(self, start: int, stop: int) -> list[dict]:
+        offsets = self._open()
+        lo, hi = int(offsets[start]), int(offsets[stop])
+        data = os.pread(self._file.fileno(), hi - lo, lo)
+        return [json.loads(line) for line in data.splitlines()]

@@ -1,0 +1,93 @@
+"""The job's options: one dataclass, filled from ``configs/pseudolabel/*.yaml``, ``key=value``
+overrides and the command-line flags (``distill/pseudolabel.py``). No torch import here, so a bad
+flag is reported before the heavy imports.
+
+Options split in two: those that define the output (teacher, input, input size, TTA, what is
+stored, shard size, ...) are frozen in ``O/_job/job.json`` by the first run, and a restart that
+asks for different values is refused (mixing them would silently change half the labels);
+performance knobs (batch size, workers, precision, compile, threads) may change between restarts.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Literal
+
+TTA_MODES = ("none", "flip", "flip+scales")
+
+
+@dataclass
+class PseudolabelConfig:
+    teacher: str | None = None  # a teacher run (its final/), a transformers depth model dir, or a hub id
+    input: str | None = None  # directory, glob, list file, .tar shard(s), or hf:NAME_OR_PATH
+    output: str | None = None
+    input_type: Literal["auto", "files", "list", "tars", "hf"] = "auto"
+    hf_split: str = "train"  # Hugging Face inputs: split, image column, optional key column
+    image_column: str = "image"
+    key_column: str | None = None
+
+    # inference
+    input_size: int = 518  # shorter side at least this, sides multiples of the patch size
+    max_aspect: float = 4.0  # longer side capped at input_size * max_aspect (panoramas, 1xN strips)
+    tta: Literal["none", "flip", "flip+scales"] = "none"
+    tta_scales: list[float] = field(default_factory=lambda: [0.75, 1.25])  # extra scales for flip+scales
+    confidence_tau: float = 0.05  # confidence = exp(-relative spread / tau), see pseudolabel.tta
+    batch_size: int = 8
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    threads: int = 0  # torch CPU threads of each process; 0: torch's default
+
+    # decoding
+    num_workers: int = 2
+    prefetch_factor: int = 4
+    draft: bool = True  # decode JPEGs at a reduced DCT scale when the target is much smaller
+    max_pixels: int = 100_000_000  # decompression-bomb guard: larger images are skipped
+    bucket_buffer: int = 0  # images a worker may hold while filling size buckets; 0: 4 x batch_size
+    nice: int = 10  # niceness of decoding workers and writer threads: on shared cores the model runs first
+
+    # output
+    store_image: Literal["original", "reencode", "none"] = "original"
+    image_max_side: int = 1024  # store_image=reencode: longer side at most this
+    image_ext: Literal["jpg", "png", "webp"] = "jpg"  # the image field of every sample
+    jpeg_quality: int = 95
+    shard_size: int = 1000  # inputs per shard (a shard holds fewer samples when some are skipped)
+    png_compression: int = 1  # zlib level of depth/confidence PNGs (0-9)
+    encode_threads: int = 0  # threads encoding PNGs behind the writer; 0: 1 on CPU, 4 on GPU
+    queue_size: int = 8  # batches waiting for the writer (bounded: memory stays flat)
+    dataset_name: str | None = None  # Sample.dataset of decoded samples; default: output dir name
+    progress: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.input_size >= 14, "input_size must be >= 14"),
+            (self.max_aspect >= 1, "max_aspect must be >= 1"),
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.num_workers >= 0, "num_workers must be >= 0"),
+            (self.prefetch_factor >= 1, "prefetch_factor must be >= 1"),
+            (self.shard_size >= 1, "shard_size must be >= 1"),
+            (self.image_max_side >= 1, "image_max_side must be >= 1"),
+            (1 <= self.jpeg_quality <= 100, "jpeg_quality must be in [1, 100]"),
+            (0 <= self.png_compression <= 9, "png_compression must be in [0, 9]"),
+            (self.max_pixels >= 1, "max_pixels must be >= 1"),
+            (self.confidence_tau > 0, "confidence_tau must be > 0"),
+            (all(0.1 <= s <= 4 for s in self.tta_scales), "tta_scales must lie in [0.1, 4]"),
+            (self.queue_size >= 1, "queue_size must be >= 1"),
+            (self.encode_threads >= 0 and self.threads >= 0 and self.bucket_buffer >= 0,
+             "encode_threads, threads and bucket_buffer must be >= 0"),
+            (0 <= self.nice <= 19, "nice must be in [0, 19]"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+# Options that may change between a run and its restart: how fast, not what is written.
+PERFORMANCE_OPTIONS = (
+    "batch_size", "precision", "compile", "threads", "num_workers", "prefetch_factor", "bucket_buffer",
+    "encode_threads", "queue_size", "progress", "nice",
+)
+
+
+def defining_options(cfg: PseudolabelConfig) -> dict:
+    """The options frozen in the job file (everything that shapes the output)."""
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in PERFORMANCE_OPTIONS and k != "output"}

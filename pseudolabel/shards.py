@@ -1,0 +1,379 @@
+"""The shard format: writing tars with per-shard indexes, decoding samples, reading for training.
+
+Layout of an output directory ``O``::
+
+    O/shard-000000.tar ...          WebDataset shards (only complete ones ever carry this name)
+    O/index/shard-000000.json       the shard's index, written after the tar is renamed: the
+                                    record that the unit is done (keys, byte offset and size of
+                                    every member, and the unit's skipped inputs with reasons)
+    O/manifest.json, O/errors.jsonl written when every unit has its index
+    O/_job/                         the frozen job: options, listing
+
+A sample ``<key>`` is ``<key>.<image_ext>`` (unless ``store_image=none``), ``<key>.depth.png``
+(16-bit, ``pseudolabel.codec``), ``<key>.conf.png`` (8-bit, with TTA) and ``<key>.json``. Every
+sample of a job has the same members and the same JSON keys, as ``datasets``' WebDataset loader
+requires. ``decode_sample`` is the one way back to float arrays: it accepts the dict of a
+``webdataset.WebDataset`` (raw bytes), a row of ``datasets.load_dataset("webdataset", ...)``
+(PIL images, parsed JSON) or the members read by ``ShardReader``.
+"""
+from __future__ import annotations
+
+import bisect
+import glob
+import io
+import json
+import os
+import tarfile
+from collections import OrderedDict
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from distill.data.formats import pil_to_rgb, read_rgb
+from distill.data.sample import Sample, SampleError
+from pseudolabel.codec import decode_png, dequantise, dequantise_confidence
+
+INDEX_DIR = "index"
+TMP_SUFFIX = ".tmp"
+MTIME = 1_700_000_000  # fixed member mtime: identical inputs give identical tars
+IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
+LABEL_FIELDS = ("depth.png", "conf.png", "json")
+
+
+def fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Write ``path`` through a temporary file, fsync, rename: it exists complete or not at all."""
+    tmp = f"{path}{TMP_SUFFIX}.{os.getpid()}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def index_path(out_dir: str, name: str) -> str:
+    return os.path.join(out_dir, INDEX_DIR, name + ".json")
+
+
+class ShardWriter:
+    """One unit's shard: members go to ``<name>.tar.tmp``; ``commit`` ends the archive, fsyncs and
+    renames it to ``<name>.tar`` (no tar at all when nothing was labeled), then writes the index."""
+
+    def __init__(self, out_dir: str, name: str, unit: int, header: dict):
+        self.out_dir, self.name, self.unit, self.header = out_dir, name, unit, header
+        self.path = os.path.join(out_dir, name + ".tar")
+        self._file = None
+        self._pos = 0
+        self.samples: list[list] = []
+        self.errors: list[dict] = []
+        self.fields: list[str] | None = None
+
+    def _open(self):
+        if self._file is None:
+            self._file = open(self.path + TMP_SUFFIX, "wb")  # noqa: SIM115
+            self._pos = 0
+        return self._file
+
+    def _member(self, name: str, data: bytes) -> list[int]:
+        f = self._open()
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), MTIME, 0o644
+        header = info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+        offset = self._pos + len(header)
+        pad = (-len(data)) % tarfile.BLOCKSIZE
+        f.write(header)
+        f.write(data)
+        if pad:
+            f.write(b"\0" * pad)
+        self._pos = offset + len(data) + pad
+        return [offset, len(data)]
+
+    def add(self, key: str, members: list[tuple[str, bytes]]) -> None:
+        fields = [field for field, _ in members]
+        if self.fields is None:
+            self.fields = fields
+        elif fields != self.fields:
+            raise ValueError(f"{key}: members {fields} differ from the shard's {self.fields}")
+        self.samples.append([key] + [self._member(f"{key}.{field}", data) for field, data in members])
+
+    def add_error(self, record: dict) -> None:
+        self.errors.append(record)
+
+    def commit(self, inputs: int) -> dict:
+        size = 0
+        if self.samples:
+            f = self._open()
+            f.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
+            f.flush()
+            os.fsync(f.fileno())
+            size = f.tell()
+            f.close()
+            os.replace(self.path + TMP_SUFFIX, self.path)
+            fsync_dir(self.out_dir)
+        elif self._file is not None:
+            self._file.close()
+            os.remove(self.path + TMP_SUFFIX)
+        index = {
+            "version": 1,
+            **self.header,
+            "unit": self.unit,
+            "shard": os.path.basename(self.path) if self.samples else None,
+            "bytes": size,
+            "inputs": inputs,
+            "labeled": len(self.samples),
+            "skipped": len(self.errors),
+            "fields": self.fields or [],
+            "samples": self.samples,
+            "errors": self.errors,
+        }
+        write_atomic(index_path(self.out_dir, self.name), json.dumps(index, separators=(",", ":")).encode())
+        return index
+
+    def abort(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if os.path.exists(self.path + TMP_SUFFIX):
+            os.remove(self.path + TMP_SUFFIX)
+
+
+def read_index(out_dir: str, name: str) -> dict | None:
+    """A unit's index if the unit is complete (index readable and its tar present with the
+    recorded size), else None."""
+    path = index_path(out_dir, name)
+    try:
+        with open(path, "rb") as f:
+            index = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    if index.get("shard"):
+        tar = os.path.join(out_dir, index["shard"])
+        if not os.path.isfile(tar) or os.path.getsize(tar) != index.get("bytes"):
+            return None
+    return index
+
+
+# ------------------------------------------------------------------------------------- decoding
+def _field(sample: dict, name: str):
+    for key in (name, "." + name):
+        if key in sample and sample[key] is not None:
+            return sample[key]
+    return None
+
+
+def _as_bytes(value):
+    if isinstance(value, dict) and "bytes" in value:  # datasets Image(decode=False)
+        return value["bytes"] if value["bytes"] is not None else open(value["path"], "rb").read()  # noqa: SIM115
+    return value
+
+
+def _array(value, what: str, key: str) -> np.ndarray:
+    value = _as_bytes(value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        try:
+            return decode_png(bytes(value))
+        except ValueError:
+            raise SampleError(f"{key}: {what} is not a decodable PNG") from None
+    a = np.asarray(value)  # a PIL image (datasets decodes PNGs itself)
+    if getattr(value, "mode", None) in ("I", "I;16", "I;16B", "I;16L") or a.dtype.kind in "iu" and a.dtype.itemsize > 1:
+        return a.astype(np.uint16)
+    return a
+
+
+def _image(value, key: str) -> np.ndarray:
+    from PIL import Image, ImageOps  # noqa: PLC0415
+
+    value = _as_bytes(value)
+    try:
+        im = Image.open(io.BytesIO(bytes(value))) if isinstance(value, (bytes, bytearray, memoryview)) else value
+        im.load()
+        return pil_to_rgb(ImageOps.exif_transpose(im))
+    except (OSError, ValueError, SyntaxError) as e:
+        raise SampleError(f"{key}: stored image cannot be decoded ({type(e).__name__}: {e})") from None
+
+
+def decode_sample(sample: dict) -> Sample:
+    """One stored sample -> ``Sample``: image uint8, target float32 in the teacher's output space,
+    valid mask, space and geometry, confidence (float32 in [0, 1]) or None, key, and the sample's
+    JSON as ``meta``. Raises SampleError (naming the key) on a malformed sample."""
+    key = str(sample.get("__key__", "?"))
+    meta = _field(sample, "json")
+    if meta is None:
+        raise SampleError(f"{key}: sample has no .json member")
+    if not isinstance(meta, dict):
+        try:
+            meta = json.loads(bytes(_as_bytes(meta)))
+        except ValueError:
+            raise SampleError(f"{key}: .json member is not JSON") from None
+    key = meta.get("key", key)
+    depth = _field(sample, "depth.png")
+    if depth is None:
+        raise SampleError(f"{key}: sample has no depth.png member")
+    codes = _array(depth, "depth.png", key)
+    if codes.dtype != np.uint16 or codes.ndim != 2:
+        raise SampleError(f"{key}: depth.png must be 16-bit single-channel, got {codes.dtype} {codes.shape}"
+                          " (decode the raw bytes; an image decoder may have reduced it to 8 bits)")
+    params = meta["depth"]
+    target = dequantise(codes, params)
+    if params["encoding"] == "log" and meta["space"] == "depth":
+        valid = codes > 0  # zero depth is no depth
+    else:
+        valid = np.ones(codes.shape, dtype=bool)  # zero disparity: infinitely far, a valid label
+    conf = _field(sample, "conf.png")
+    confidence = dequantise_confidence(_array(conf, "conf.png", key)) if conf is not None else None
+    image_value = next((_field(sample, f) for f in IMAGE_FIELDS if _field(sample, f) is not None), None)
+    if image_value is not None:
+        image = _image(image_value, key)
+    else:  # store_image=none: the source file, when it is one
+        path = meta.get("path", "")
+        if not path or not os.path.isfile(path):
+            raise SampleError(f"{key}: no stored image and the source {path or meta.get('source')!r} is not a readable file")
+        image = read_rgb(path)
+        if image.shape[:2] != codes.shape:
+            import cv2  # noqa: PLC0415
+
+            image = cv2.resize(image, (codes.shape[1], codes.shape[0]), interpolation=cv2.INTER_AREA)
+    if image.shape[:2] != codes.shape:
+        raise SampleError(f"{key}: image {image.shape[:2]} and depth {codes.shape} differ in size")
+    return Sample(image, target, valid, meta["space"], meta["geometry"], meta.get("dataset", "pseudolabel"), key,
+                  confidence=confidence, meta=meta)
+
+
+# -------------------------------------------------------------------------------------- reading
+def _resolve(root) -> list[str]:
+    """Index files of the complete shards under ``root``: an output directory, a glob of tars, a
+    tar, or a list of those."""
+    if isinstance(root, (list, tuple)):
+        return [p for r in root for p in _resolve(r)]
+    root = os.fspath(root)
+    if os.path.isdir(root):
+        return sorted(glob.glob(os.path.join(root, INDEX_DIR, "shard-*.json")))
+    tars = sorted(glob.glob(root)) if any(c in root for c in "*?[") else [root]
+    indexes = []
+    for tar in tars:
+        if not tar.endswith(".tar"):
+            continue
+        idx = os.path.join(os.path.dirname(tar), INDEX_DIR, os.path.basename(tar)[: -len(".tar")] + ".json")
+        if not os.path.isfile(idx):
+            raise FileNotFoundError(f"{tar}: no index {idx} (not a complete pseudo-label shard)")
+        indexes.append(idx)
+    return indexes
+
+
+def _manifest_counts(out_dir: str) -> dict:
+    try:
+        with open(os.path.join(out_dir, "manifest.json")) as f:
+            manifest = json.load(f)
+        return {"shards": {s["name"]: s["samples"] for s in manifest["shards"]},
+                "space": manifest["space"], "geometry": manifest["geometry"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"shards": {}}
+
+
+class ShardReader(Dataset):
+    """Map-style ``Sample`` reader over complete pseudo-label shards (``root``: the job's output
+    directory, a glob of its tars, or a list), by random access through the per-shard indexes.
+
+    Only shard names and sample counts are held (from ``manifest.json`` when the job finished,
+    else from the indexes); each process loads the indexes it needs (a few cached) and opens the
+    tars itself, lazily, so the reader pickles into DataLoader workers and memory stays flat."""
+
+    name = "shards"
+
+    def __init__(self, root, name: str | None = None, cache_shards: int = 8):
+        self.root = root
+        self.cache_shards = cache_shards
+        paths = _resolve(root)
+        if not paths:
+            raise FileNotFoundError(f"{root}: no complete pseudo-label shards (looked for {INDEX_DIR}/shard-*.json)")
+        counts, self.shards = [], []
+        manifests: dict[str, dict] = {}
+        self.space = self.geometry = None
+        for path in paths:
+            out_dir = os.path.dirname(os.path.dirname(path))
+            if out_dir not in manifests:  # a finished job lists its shards' sizes: no index to read
+                manifests[out_dir] = _manifest_counts(out_dir)
+            name = os.path.basename(path)[: -len(".json")] + ".tar"
+            known = manifests[out_dir]
+            if name in known["shards"]:
+                labeled, space = known["shards"][name], (known["space"], known["geometry"])
+            else:
+                index = self._load_index(path)
+                labeled, name, space = index["labeled"], index["shard"], (index["space"], index["geometry"])
+            if self.space is None:
+                self.space, self.geometry = space
+            if labeled:
+                self.shards.append((path, os.path.join(out_dir, name)))
+                counts.append(labeled)
+        self.cumulative = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64).tolist()
+        if name:
+            self.name = name
+        self._cache: OrderedDict = OrderedDict()
+        self._fds: dict[str, int] = {}
+        self._pid = os.getpid()
+
+    @staticmethod
+    def _load_index(path: str) -> dict:
+        try:
+            with open(path, "rb") as f:
+                return json.loads(f.read())
+        except (OSError, ValueError) as e:
+            raise SampleError(f"{path}: unreadable shard index ({type(e).__name__})") from None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_cache": OrderedDict(), "_fds": {}}
+
+    def __len__(self) -> int:
+        return self.cumulative[-1]
+
+    def _index(self, j: int) -> dict:
+        if j in self._cache:
+            self._cache.move_to_end(j)
+            return self._cache[j]
+        index = self._load_index(self.shards[j][0])
+        self._cache[j] = index
+        if len(self._cache) > self.cache_shards:
+            self._cache.popitem(last=False)
+        return index
+
+    def _fd(self, tar: str) -> int:
+        if self._pid != os.getpid():  # forked: never share file offsets/handles with the parent
+            self._fds, self._pid = {}, os.getpid()
+        if tar not in self._fds:
+            if len(self._fds) >= 2 * self.cache_shards:
+                for fd in self._fds.values():
+                    os.close(fd)
+                self._fds.clear()
+            self._fds[tar] = os.open(tar, os.O_RDONLY)
+        return self._fds[tar]
+
+    def members(self, i: int) -> dict:
+        """The raw members of sample ``i``: {"__key__": key, field: bytes, ...}."""
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        j = bisect.bisect_right(self.cumulative, i) - 1
+        index = self._index(j)
+        entry = index["samples"][i - self.cumulative[j]]
+        fd = self._fd(self.shards[j][1])
+        out = {"__key__": entry[0]}
+        for field, (offset, size) in zip(index["fields"], entry[1:]):
+            out[field] = os.pread(fd, size, offset)
+        return out
+
+    def __getitem__(self, i: int) -> Sample:
+        sample = decode_sample(self.members(i))
+        if self.name != ShardReader.name:
+            sample.dataset = self.name
+        return sample

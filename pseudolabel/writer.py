@@ -1,0 +1,181 @@
+"""The background writer: predictions in, shards out, so the model never waits for encoding or disk.
+
+The main loop hands over (packet, label, confidence) through a bounded queue (memory stays flat:
+at most ``queue_size`` batches wait). The writer thread resizes each prediction back to its
+sample's size (bilinear, as the recipe does), quantises it (``pseudolabel.codec``), encodes the
+PNGs (OpenCV releases the GIL; with ``encode_threads`` > 1 a pool encodes a batch in parallel)
+and appends the sample to its unit's shard. A unit is committed (``ShardWriter.commit``: tar
+renamed, then index written) as soon as every one of its inputs is accounted for, labeled or
+skipped. A failure in the thread (disk full, ...) is re-raised in the main loop.
+"""
+from __future__ import annotations
+
+import json
+import queue
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import cv2
+import numpy as np
+
+from pseudolabel.codec import encode_png, quantise, quantise_confidence
+from pseudolabel.inputs import shard_name
+from pseudolabel.shards import ShardWriter
+from pseudolabel.stream import lower_priority
+
+
+class Writer:
+    def __init__(self, out_dir: str, header: dict, sample_meta: dict, image_ext: str, png_compression: int = 1,
+                 encode_threads: int = 1, queue_size: int = 8, nice: int = 0):
+        self.out_dir, self.header, self.sample_meta = out_dir, header, sample_meta
+        self.space = header["space"]
+        self.image_ext, self.png_compression = image_ext, png_compression
+        self.nice = nice
+        self.pool = (ThreadPoolExecutor(encode_threads, thread_name_prefix="encode", initializer=lower_priority,
+                                        initargs=(nice,)) if encode_threads > 1 else None)
+        self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
+        self.shards: dict[int, ShardWriter] = {}
+        self.expected: dict[int, int] = {}
+        self.accounted: dict[int, int] = {}
+        self.units_committed = 0
+        self.labeled = self.skipped = 0
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
+        self.thread.start()
+
+    # ----------------------------------------------------------------------- main-thread side
+    def put(self, packet: dict, label=None, confidence=None) -> None:
+        while True:
+            self._raise()
+            try:
+                self.queue.put((packet, label, confidence), timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def close(self) -> None:
+        """Drain the queue, wait for the thread; re-raise its failure."""
+        if self.thread.is_alive():
+            while True:
+                self._raise()
+                try:
+                    self.queue.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            self.thread.join()
+        if self.pool is not None:
+            self.pool.shutdown()
+        self._raise()
+
+    def abort(self) -> None:
+        """Stop without committing: open shards' temporary files are removed."""
+        if self.thread.is_alive():
+            self.error = self.error or KeyboardInterrupt()
+            try:
+                while True:
+                    self.queue.get_nowait()
+            except queue.Empty:
+                pass
+            try:
+                self.queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self.thread.join(timeout=30)
+        for shard in self.shards.values():
+            shard.abort()
+
+    def _raise(self):
+        if self.error is not None and not isinstance(self.error, KeyboardInterrupt):
+            raise RuntimeError(f"the shard writer failed: {type(self.error).__name__}: {self.error}") from self.error
+
+    # --------------------------------------------------------------------------- thread side
+    def _run(self):
+        lower_priority(self.nice)
+        try:
+            while True:
+                job = self.queue.get()
+                if job is None or self.error is not None:
+                    return
+                self._handle(*job)
+        except BaseException as e:  # noqa: BLE001 - surfaced in the main thread
+            self.error = e
+
+    def _shard(self, unit: int) -> ShardWriter:
+        if unit not in self.shards:
+            self.shards[unit] = ShardWriter(self.out_dir, shard_name(unit), unit, self.header)
+            self.accounted.setdefault(unit, 0)
+        return self.shards[unit]
+
+    def _encode(self, item: dict, label: np.ndarray, confidence: np.ndarray | None):
+        lh, lw = item["label_hw"]
+        if label.shape != (lh, lw):
+            label = cv2.resize(label, (lw, lh), interpolation=cv2.INTER_LINEAR)
+            if confidence is not None:
+                confidence = cv2.resize(confidence, (lw, lh), interpolation=cv2.INTER_LINEAR)
+        try:
+            codes, params = quantise(label, self.space)
+        except ValueError as e:
+            return None, str(e)
+        members = []
+        if item["stored"] is not None:
+            members.append((self.image_ext, item["stored"]))
+        members.append(("depth.png", encode_png(codes, self.png_compression)))
+        if confidence is not None:
+            members.append(("conf.png", encode_png(quantise_confidence(confidence), self.png_compression)))
+        meta = {
+            "key": item["key"],
+            "source": item["source"],
+            "path": item["path"],
+            **self.sample_meta,
+            "original_size": list(item["original_hw"]),
+            "size": [lh, lw],
+            "inference_size": list(item["inference_hw"]),
+            "depth": params,
+            "image": {"stored": item["stored_how"], "field": self.image_ext if item["stored"] is not None else ""},
+            **item["meta"],
+        }
+        members.append(("json", json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")))
+        return members, None
+
+    def _account(self, unit: int, n: int = 1):
+        self._shard(unit)
+        self.accounted[unit] = self.accounted.get(unit, 0) + n
+
+    def _handle(self, packet: dict, label, confidence):
+        touched = set()
+        for error in packet["errors"]:
+            self._shard(error["unit"]).add_error({"key": error["key"], "source": error["source"],
+                                                  "path": error["path"], "reason": error["reason"]})
+            self._account(error["unit"])
+            self.skipped += 1
+            touched.add(error["unit"])
+        items = packet["items"]
+        if items:
+            labels = label.numpy()
+            confs = confidence.numpy() if confidence is not None else [None] * len(items)
+            for item in items:
+                item["inference_hw"] = tuple(labels.shape[1:])
+            args = list(zip(items, labels, confs))
+            results = list(self.pool.map(lambda a: self._encode(*a), args)) if self.pool else [self._encode(*a) for a in args]
+            for item, (members, reason) in zip(items, results):
+                shard = self._shard(item["unit"])
+                if members is None:
+                    shard.add_error({"key": item["key"], "source": item["source"], "path": item["path"], "reason": reason})
+                    self.skipped += 1
+                else:
+                    shard.add(item["key"], members)
+                    self.labeled += 1
+                self._account(item["unit"])
+                touched.add(item["unit"])
+        for unit, total in packet["ends"]:
+            self._shard(unit)
+            self.expected[unit] = total
+            touched.add(unit)
+        for unit in sorted(touched):
+            if unit in self.expected and self.accounted.get(unit, 0) >= self.expected[unit]:
+                if self.accounted[unit] != self.expected[unit]:
+                    raise RuntimeError(f"unit {unit}: {self.accounted[unit]} inputs accounted for, {self.expected[unit]} expected")
+                self.shards.pop(unit).commit(self.expected.pop(unit))
+                self.accounted.pop(unit)
+                self.units_committed += 1
