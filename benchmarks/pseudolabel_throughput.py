@@ -7,7 +7,9 @@ same random-weight model (Depth Anything ``tiny`` and ``vits`` presets, input si
 2. images/s of this job, end to end (``pseudolabel.job.run``: listing, model load, decoding in
    DataLoader workers, inference, resizing back, PNG encoding, shard writing, manifest);
 3. images/s of the bare model forward on pre-decoded, pre-resized uint8 tensors, batched by size as
-   the job batches them, at the job's batch size (normalisation included): the limit.
+   the job batches them, at the job's batch size (normalisation included): the limit; (3b) the
+   same with two forwards running concurrently, as the job runs its model on a CPU by default
+   (``streams``, see ``pseudolabel.runner``), i.e. the limit of the job's way of using the cores.
 
 Each figure comes from its own process with the same environment, warm-up and model loading
 excluded: (2) is the job's own labeling time (first batch to last shard committed and fsynced) as
@@ -15,8 +17,8 @@ excluded: (2) is the job's own labeling time (first batch to last shard committe
 Run it on an otherwise idle machine: another CPU-bound process makes spinning OpenMP threads
 lose up to 10x (``OMP_WAIT_POLICY=PASSIVE`` avoids that, at about -40% on an idle machine).
 
-Then the peak memory (RSS of the job process and its workers, sampled) of the job on the corpus
-and on a corpus 10x larger (the photos linked 10 times under other names), to show it is flat.
+Then the peak memory (PSS of the job process and its workers, sampled every 50 ms) of the job on
+the corpus and on a corpus 10x larger (the photos linked 10 times under other names): flat.
 
     python benchmarks/pseudolabel_throughput.py [--presets tiny vits] [--batch-size 1] [--workers 2]
 """
@@ -79,7 +81,9 @@ def measure_pipeline(model_dir: str, files: list[str]) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def measure_bare(model_dir: str, files: list[str], batch_size: int) -> float:
+def measure_bare(model_dir: str, files: list[str], batch_size: int, streams: int = 1) -> float:
+    """The forward alone; ``streams`` > 1: that many threads run forwards concurrently, each with
+    cores / streams intra-op threads (what the job does on a CPU)."""
     import torch  # noqa: PLC0415
 
     from distill.data.formats import read_rgb  # noqa: PLC0415
@@ -92,18 +96,36 @@ def measure_bare(model_dir: str, files: list[str], batch_size: int) -> float:
         x = torch.from_numpy(resize_for_inference(read_rgb(f), 518)).permute(2, 0, 1).contiguous()
         buckets.setdefault(tuple(x.shape), []).append(x)
     batches = [torch.stack(xs[i:i + batch_size]) for xs in buckets.values() for i in range(0, len(xs), batch_size)]
+    if streams > 1:
+        torch.set_num_threads(max(1, torch.get_num_threads() // streams))
+    pending = list(batches)
+    lock = threading.Lock()
+
+    def forward_all():
+        with torch.inference_mode():
+            while True:
+                with lock:
+                    if not pending:
+                        return
+                    b = pending.pop()
+                model(pixel_values=normalize_images(b)).predicted_depth.float()
+
     with torch.inference_mode():
         model(pixel_values=normalize_images(batches[0]))  # warm-up
-        start = time.perf_counter()
-        for b in batches:
-            model(pixel_values=normalize_images(b)).predicted_depth.float()
+    start = time.perf_counter()
+    threads = [threading.Thread(target=forward_all) for _ in range(streams)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     return len(files) / (time.perf_counter() - start)
 
 
-def in_subprocess(kind: str, model_dir: str, files: list[str], batch_size: int, env: dict) -> float:
-    code = (f"import sys, json; sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.dirname(__file__)!r});"
+def in_subprocess(kind: str, model_dir: str, files: list[str], batch_size: int, env: dict, streams: int = 1) -> float:
+    args = f", {batch_size}, {streams}" if kind == "bare" else ""
+    code = (f"import sys, json; sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r});"
             f"import pseudolabel_throughput as b; files = json.load(open(sys.argv[1]));"
-            f"print('RESULT', b.measure_{kind}({model_dir!r}, files{', ' + str(batch_size) if kind == 'bare' else ''}))")
+            f"print('RESULT', b.measure_{kind}({model_dir!r}, files{args}))")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump(files, f)
     try:
@@ -115,15 +137,16 @@ def in_subprocess(kind: str, model_dir: str, files: list[str], batch_size: int, 
     return float(proc.stdout.split("RESULT")[-1])
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants."""
+def _tree_pss(pid: int) -> int:
+    """Proportional set size (shared pages split between their users: forked DataLoader workers
+    share the parent's libraries) of a process and all its descendants, in bytes."""
     total, stack = 0, [pid]
     while stack:
         p = stack.pop()
         try:
-            with open(f"/proc/{p}/status") as f:
+            with open(f"/proc/{p}/smaps_rollup") as f:
                 for line in f:
-                    if line.startswith("VmRSS:"):
+                    if line.startswith("Pss:"):
                         total += int(line.split()[1]) * 1024
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children") as f:
@@ -134,7 +157,7 @@ def _tree_rss(pid: int) -> int:
 
 
 def run_job(model_dir: str, corpus: str, out: str, batch_size: int, workers: int, env: dict, extra=()) -> dict:
-    """The job script as users run it; returns its labeling rate, wall time and peak RSS."""
+    """The job script as users run it; returns its labeling rate, wall time and peak memory (PSS)."""
     cmd = [sys.executable, os.path.join(ROOT, "distill", "pseudolabel.py"), "--teacher", model_dir, "--input", corpus,
            "--output", out, "--batch-size", str(batch_size), "--workers", str(workers), *extra]
     start = time.perf_counter()
@@ -144,7 +167,7 @@ def run_job(model_dir: str, corpus: str, out: str, batch_size: int, workers: int
     def sample():
         nonlocal peak
         while proc.poll() is None:
-            peak = max(peak, _tree_rss(proc.pid))
+            peak = max(peak, _tree_pss(proc.pid))
             time.sleep(0.05)
 
     sampler = threading.Thread(target=sample)
@@ -166,7 +189,7 @@ def main():
     parser.add_argument("--presets", nargs="+", default=["tiny", "vits"])
     parser.add_argument("--batch-size", type=int, default=1, help="the job's batch size (on this CPU 1 is the fastest)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeat", type=int, default=0, help="corpus = the photos linked this many times (0: 3 for tiny, 1 otherwise)")
+    parser.add_argument("--repeat", type=int, default=0, help="corpus = the photos linked this many times (0: 5 for tiny, 1 otherwise)")
     parser.add_argument("--memory-repeat", type=int, default=10, help="0: skip the memory measurement")
     parser.add_argument("--job-args", default="", help="extra job options, e.g. 'store_image=reencode'")
     args = parser.parse_args()
@@ -183,21 +206,24 @@ def main():
               f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')}; job: batch size "
               f"{args.batch_size}, {args.workers} decoding workers, default options {args.job_args}".rstrip())
         print(f"{'preset':7s} {'images':>6s} {'(1) pipeline':>13s} {'(2) job':>9s} {'(3) bare':>9s} {'(2)/(3)':>8s} "
-              f"{'(2)/(1)':>8s}  job start-up, main loop")
+              f"{'(2)/(1)':>8s} {'(3b) bare, 2 streams':>21s} {'(2)/(3b)':>9s}")
         model_dirs = {}
         for preset in args.presets:
             torch.manual_seed(0)
             model_dirs[preset] = save_model(build_model(preset), os.path.join(tmp, f"model_{preset}"))
-            repeat = args.repeat or (3 if preset == "tiny" else 1)
+            repeat = args.repeat or (5 if preset == "tiny" else 1)
             corpus = os.path.join(tmp, f"corpus_{preset}")
             images = linked_corpus(files, corpus, repeat)
             p1 = in_subprocess("pipeline", model_dirs[preset], images, args.batch_size, env)
             job = run_job(model_dirs[preset], corpus, os.path.join(tmp, f"out_{preset}"), args.batch_size, args.workers, env,
                           args.job_args.split())
             p3 = in_subprocess("bare", model_dirs[preset], images, args.batch_size, env)
+            p3b = in_subprocess("bare", model_dirs[preset], images, args.batch_size, env, streams=2)
             p2 = job["rate"]
             print(f"{preset:7s} {len(images):6d} {p1:10.2f}/s {p2:6.2f}/s {p3:6.2f}/s {p2 / p3:8.0%} {p2 / p1:7.2f}x "
-                  f" {job['wall_s'] - job['labeling_s']:.0f} s, {job['breakdown']}", flush=True)
+                  f"{p3b:18.2f}/s {p2 / p3b:9.0%}", flush=True)
+            print(f"        job: start-up {job['wall_s'] - job['labeling_s']:.0f} s (imports, listing, model load), "
+                  f"{job['breakdown']}", flush=True)
         if args.memory_repeat:
             preset = args.presets[0]
             for copies in (1, args.memory_repeat):
@@ -205,7 +231,7 @@ def main():
                 images = linked_corpus(files, corpus, copies)
                 job = run_job(model_dirs[preset], corpus, os.path.join(tmp, f"mem_out_{copies}"), args.batch_size,
                               args.workers, env, args.job_args.split())
-                print(f"peak RSS, {preset}, {len(images):5d} images: {job['peak_mib']:7.0f} MiB (job process + workers; "
+                print(f"peak memory (PSS), {preset}, {len(images):5d} images: {job['peak_mib']:6.0f} MiB (job process + workers; "
                       f"{job['rate']:.2f} images/s)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

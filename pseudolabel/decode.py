@@ -11,10 +11,11 @@ as Depth Anything; area averaging when shrinking by more than 2x).
 What is stored (``store_image``):
 - ``original``: the file's bytes, when they already are upright RGB/L in the format of the
   job's image field (``image_ext``); otherwise (EXIF-rotated, CMYK, palette, RGBA, 16-bit, other
-  formats) the upright RGB the teacher saw, re-encoded at full size. The label has this size.
+  formats) the upright RGB the teacher saw, re-encoded at full size.
 - ``reencode``: the upright RGB, resized so its longer side is at most ``image_max_side``
-  (never enlarged); the label has that size.
-- ``none``: no image; the label has the original (upright) size.
+  (never enlarged).
+- ``none``: no image (decoded samples read the source file, when it is one).
+Decoded samples have the stored image's size (the original size unless re-encoded smaller).
 """
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def _open(data) -> Image.Image:
 
 def decode_item(data, plan: DecodePlan) -> dict:
     """``data``: the file's bytes (or a PIL image). Returns ``image`` (uint8 [H, W, 3] at the
-    inference size), ``label_hw``, ``stored`` (bytes or None), ``stored_how`` and ``meta``."""
+    inference size), ``image_hw`` (the size of the stored image, which decoded samples have),
+    ``original_hw``, ``stored`` (bytes or None), ``stored_how`` and ``meta``."""
     im = _open(data)
     w_raw, h_raw = im.size
     if w_raw < 1 or h_raw < 1:
@@ -153,13 +155,13 @@ def decode_item(data, plan: DecodePlan) -> dict:
         and _FORMAT_EXT.get(source_format) == plan.image_ext and orientation == 1 and source_mode in _KEEP_MODES
     )
     if plan.store_image == "reencode":
-        label_hw, how = fit_within(h0, w0, plan.image_max_side), "reencoded"
+        image_hw, how = fit_within(h0, w0, plan.image_max_side), "reencoded"
     elif plan.store_image == "original":
-        label_hw, how = (h0, w0), ("original" if keep_original else "reencoded")
+        image_hw, how = (h0, w0), ("original" if keep_original else "reencoded")
     else:
-        label_hw, how = (h0, w0), "none"
+        image_hw, how = (h0, w0), "none"
     # The largest size anything below needs, upright.
-    need = inf_hw if how in ("original", "none") else (max(inf_hw[0], label_hw[0]), max(inf_hw[1], label_hw[1]))
+    need = inf_hw if how in ("original", "none") else (max(inf_hw[0], image_hw[0]), max(inf_hw[1], image_hw[1]))
     if plan.draft and source_format == "JPEG" and need[0] * 2 <= h0 and need[1] * 2 <= w0:
         request = (need[0], need[1]) if swap else (need[1], need[0])  # PIL wants (w, h) of the stored grid
         try:
@@ -186,14 +188,14 @@ def decode_item(data, plan: DecodePlan) -> dict:
     if how == "original":
         stored = bytes(data)
     elif how == "reencoded":
-        stored = encode_image(_resize(rgb, label_hw), plan.image_ext, plan.jpeg_quality)
+        stored = encode_image(_resize(rgb, image_hw), plan.image_ext, plan.jpeg_quality)
     meta = {
         "source_format": source_format,
         "source_mode": source_mode,
         "exif_orientation": orientation,
         "decoded_size": [int(rgb.shape[0]), int(rgb.shape[1])],
     }
-    return {"image": _resize(rgb, inf_hw), "label_hw": label_hw, "original_hw": (h0, w0),
+    return {"image": _resize(rgb, inf_hw), "image_hw": image_hw, "original_hw": (h0, w0),
             "stored": stored, "stored_how": how, "meta": meta}
 
 

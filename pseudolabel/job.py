@@ -249,14 +249,16 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
     import torch  # noqa: PLC0415 - after the cheap checks
 
     from pseudolabel.decode import ByteSource, DecodePlan  # noqa: PLC0415
+    from pseudolabel.runner import run_model  # noqa: PLC0415
     from pseudolabel.stream import LabelStream, build_loader  # noqa: PLC0415
     from pseudolabel.tta import Predictor  # noqa: PLC0415
     from pseudolabel.writer import Writer  # noqa: PLC0415
 
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
     device = torch.device("cpu") if use_cpu else torch.device("cuda", local_rank % torch.cuda.device_count())
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    streams = cfg.streams or (min(2, torch.get_num_threads()) if device.type == "cpu" else 1)
+    if cfg.threads or (device.type == "cpu" and streams > 1):
+        torch.set_num_threads(cfg.threads or max(1, torch.get_num_threads() // streams))
     import cv2  # noqa: PLC0415
 
     cv2.setNumThreads(1)
@@ -288,7 +290,8 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
         "confidence": {"tta": cfg.tta, "views": predictor.views, "tau": cfg.confidence_tau if cfg.tta != "none" else 0.0},
     }
     threads = cfg.encode_threads or (1 if device.type == "cpu" else 4)
-    writer = Writer(out, header, sample_meta, cfg.image_ext, cfg.png_compression, threads, cfg.queue_size, cfg.nice)
+    writer = Writer(out, header, sample_meta, cfg.image_ext, cfg.png_compression, threads, cfg.queue_size, cfg.nice,
+                    cfg.label_size)
 
     total = sum(min(job["items"], (u + 1) * cfg.shard_size) - u * cfg.shard_size for u in todo)
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -296,50 +299,19 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
     bar = tqdm(total=total, unit="img", desc=f"labeling (process {rank + 1}/{world})", dynamic_ncols=True,
                mininterval=1.0, disable=not (cfg.progress and rank == 0), file=sys.stderr)
     skipped = 0
-    in_flight = None  # one batch on the device while the previous one goes to the writer
-    waits = {"data": 0.0, "model": 0.0, "writer": 0.0}  # where the main loop spends its time
 
-    def hand_over(entry):
-        packet, label, conf, event = entry
-        t = time.perf_counter()
-        if event is not None:
-            event.synchronize()
-        waits["model"] += time.perf_counter() - t
-        t = time.perf_counter()
-        writer.put(packet, label, conf)
-        waits["writer"] += time.perf_counter() - t
+    def progress(packet):
+        nonlocal skipped
+        skipped += len(packet["errors"])
+        bar.update(len(packet["items"]) + len(packet["errors"]))
+        bar.set_postfix(skipped=skipped, refresh=False)
 
     started = time.perf_counter()
     try:
-        iterator = iter(loader)
-        while True:
-            t = time.perf_counter()
-            packet = next(iterator, None)
-            waits["data"] += time.perf_counter() - t
-            if packet is None:
-                break
-            label = conf = event = None
-            if packet["images"] is not None:
-                t = time.perf_counter()
-                images = packet["images"].to(device, non_blocking=True)
-                label, conf = predictor(images)
-                label = label.to("cpu", non_blocking=True)
-                conf = conf.to("cpu", non_blocking=True) if conf is not None else None
-                if device.type == "cuda":
-                    event = torch.cuda.Event()
-                    event.record()
-                waits["model"] += time.perf_counter() - t
-            if in_flight is not None:
-                hand_over(in_flight)
-            in_flight = (packet, label, conf, event)
-            skipped += len(packet["errors"])
-            bar.update(len(packet["items"]) + len(packet["errors"]))
-            bar.set_postfix(skipped=skipped, refresh=False)
-        if in_flight is not None:
-            hand_over(in_flight)
+        stats = run_model(loader, predictor, device, writer, streams, progress)
         t = time.perf_counter()
         writer.close()
-        waits["writer"] += time.perf_counter() - t
+        stats.writer += (time.perf_counter() - t) * stats.streams
     except BaseException:
         writer.abort()
         raise
@@ -348,6 +320,5 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
     elapsed = max(time.perf_counter() - started, 1e-9)
     if cfg.progress:
         log(f"process {rank + 1}/{world}: {writer.labeled} labeled, {writer.skipped} skipped, {writer.units_committed} "
-            f"shards in {elapsed:.1f} s; main loop: model {waits['model'] / elapsed:.0%}, waiting for decoded "
-            f"images {waits['data'] / elapsed:.0%}, for the writer {waits['writer'] / elapsed:.0%}")
+            f"shards in {elapsed:.1f} s; {stats.summary(elapsed, max(1, writer.labeled + writer.skipped), writer.cpu_s)}")
     return finalize(out, job)

@@ -35,7 +35,8 @@ class PseudolabelConfig:
     batch_size: int = 8
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
     compile: bool = False
-    threads: int = 0  # torch CPU threads of each process; 0: torch's default
+    threads: int = 0  # torch CPU threads of each stream; 0: torch's default / streams
+    streams: int = 0  # concurrent forwards (pseudolabel.runner); 0: 1 on GPU, 2 on a CPU with 2+ cores
 
     # decoding
     num_workers: int = 2
@@ -51,6 +52,10 @@ class PseudolabelConfig:
     image_ext: Literal["jpg", "png", "webp"] = "jpg"  # the image field of every sample
     jpeg_quality: int = 95
     shard_size: int = 1000  # inputs per shard (a shard holds fewer samples when some are skipped)
+    # depth.png / conf.png at the teacher's resolution ("inference": decode_sample resizes them to the
+    # image, bilinear, when reading) or already resized to the stored image ("original": 5-20x the
+    # bytes and encoding time for photos, the same decoded samples)
+    label_size: Literal["inference", "original"] = "inference"
     png_compression: int = 1  # zlib level of depth/confidence PNGs (0-9)
     encode_threads: int = 0  # threads encoding PNGs behind the writer; 0: 1 on CPU, 4 on GPU
     queue_size: int = 8  # batches waiting for the writer (bounded: memory stays flat)
@@ -72,8 +77,8 @@ class PseudolabelConfig:
             (self.confidence_tau > 0, "confidence_tau must be > 0"),
             (all(0.1 <= s <= 4 for s in self.tta_scales), "tta_scales must lie in [0.1, 4]"),
             (self.queue_size >= 1, "queue_size must be >= 1"),
-            (self.encode_threads >= 0 and self.threads >= 0 and self.bucket_buffer >= 0,
-             "encode_threads, threads and bucket_buffer must be >= 0"),
+            (min(self.encode_threads, self.threads, self.streams, self.bucket_buffer) >= 0,
+             "encode_threads, threads, streams and bucket_buffer must be >= 0"),
             (0 <= self.nice <= 19, "nice must be in [0, 19]"),
         ]
         for ok, message in checks:
@@ -83,7 +88,7 @@ class PseudolabelConfig:
 
 # Options that may change between a run and its restart: how fast, not what is written.
 PERFORMANCE_OPTIONS = (
-    "batch_size", "precision", "compile", "threads", "num_workers", "prefetch_factor", "bucket_buffer",
+    "batch_size", "precision", "compile", "threads", "streams", "num_workers", "prefetch_factor", "bucket_buffer",
     "encode_threads", "queue_size", "progress", "nice",
 )
 

@@ -10,7 +10,9 @@ Layout of an output directory ``O``::
     O/_job/                         the frozen job: options, listing
 
 A sample ``<key>`` is ``<key>.<image_ext>`` (unless ``store_image=none``), ``<key>.depth.png``
-(16-bit, ``pseudolabel.codec``), ``<key>.conf.png`` (8-bit, with TTA) and ``<key>.json``. Every
+(16-bit, ``pseudolabel.codec``), ``<key>.conf.png`` (8-bit, with TTA) and ``<key>.json``. The PNGs
+hold the prediction at the teacher's resolution (``label_size``, JSON) unless the job was run with
+``label_size=original``; ``decode_sample`` returns them at the image's size either way. Every
 sample of a job has the same members and the same JSON keys, as ``datasets``' WebDataset loader
 requires. ``decode_sample`` is the one way back to float arrays: it accepts the dict of a
 ``webdataset.WebDataset`` (raw bytes), a row of ``datasets.load_dataset("webdataset", ...)``
@@ -204,6 +206,22 @@ def _image(value, key: str) -> np.ndarray:
         raise SampleError(f"{key}: stored image cannot be decoded ({type(e).__name__}: {e})") from None
 
 
+def resize_label(target: np.ndarray, valid: np.ndarray, confidence, hw) -> tuple:
+    """Bilinear (values, confidence) and nearest (mask) resize to ``hw``, as the recipe resizes
+    predictions back to the image."""
+    import cv2  # noqa: PLC0415
+
+    size = (int(hw[1]), int(hw[0]))
+    target = cv2.resize(target, size, interpolation=cv2.INTER_LINEAR)
+    if not valid.all():
+        valid = cv2.resize(valid.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
+    else:
+        valid = np.ones(target.shape, dtype=bool)
+    if confidence is not None:
+        confidence = cv2.resize(confidence, size, interpolation=cv2.INTER_LINEAR)
+    return target, valid, confidence
+
+
 def decode_sample(sample: dict) -> Sample:
     """One stored sample -> ``Sample``: image uint8, target float32 in the teacher's output space,
     valid mask, space and geometry, confidence (float32 in [0, 1]) or None, key, and the sample's
@@ -241,12 +259,10 @@ def decode_sample(sample: dict) -> Sample:
         if not path or not os.path.isfile(path):
             raise SampleError(f"{key}: no stored image and the source {path or meta.get('source')!r} is not a readable file")
         image = read_rgb(path)
-        if image.shape[:2] != codes.shape:
-            import cv2  # noqa: PLC0415
-
-            image = cv2.resize(image, (codes.shape[1], codes.shape[0]), interpolation=cv2.INTER_AREA)
-    if image.shape[:2] != codes.shape:
-        raise SampleError(f"{key}: image {image.shape[:2]} and depth {codes.shape} differ in size")
+    if image.shape[:2] != codes.shape:  # labels stored at the teacher's resolution: resize back
+        if list(image.shape[:2]) != list(meta.get("image_size", image.shape[:2])):
+            raise SampleError(f"{key}: image {image.shape[:2]} is not the recorded size {meta.get('image_size')}")
+        target, valid, confidence = resize_label(target, valid, confidence, image.shape[:2])
     return Sample(image, target, valid, meta["space"], meta["geometry"], meta.get("dataset", "pseudolabel"), key,
                   confidence=confidence, meta=meta)
 

@@ -1,21 +1,25 @@
 """The decoding side of the job: DataLoader workers stream units, decode, and batch by size.
 
-Worker ``w`` of ``W`` takes this process's pending units ``w, w + W, ...`` in order, reads each
-unit's slice of the listing, decodes every input (``pseudolabel.decode``) and puts it in the bucket
-of its inference size (the aspect-ratio bucket: same shape, so a batch is one tensor with no
-padding). A bucket that reaches ``batch_size`` leaves as a batch. Partial buckets leave when a
-worker holds more than ``bucket_buffer`` images (the fullest first), when the unit after theirs
-ends (so a unit's shard can be closed at most one unit later), and at the end.
+This process's pending units are cut into chunks of ``max(16, 4 x batch_size)`` consecutive
+inputs, dealt round-robin to the workers in listing order (so every worker is busy even on one
+unit, and units complete in order). A worker reads its chunk's slice of the listing, decodes every
+input (``pseudolabel.decode``) and puts it in the bucket of its inference size (the aspect-ratio
+bucket: same shape, so a batch is one tensor with no padding). A bucket that reaches
+``batch_size`` leaves as a batch. Partial buckets leave when a worker holds more than
+``bucket_buffer`` images (the fullest first), when the worker moves on to another unit (so a
+unit's shard can be closed), and at the end.
 
 A worker yields *packets*: ``images`` (uint8 [B, 3, H, W] or None), ``items`` (per image: key,
-unit, source, label size, bytes to store, metadata), ``errors`` (inputs that failed, with reasons)
-and ``ends`` ((unit, number of inputs) once a unit is fully read). Nothing an input contains can
-raise out of a worker: every failure is an error record.
+unit, source, sizes, bytes to store, metadata), ``errors`` (inputs that failed, with reasons) and
+``ends`` ((unit, inputs in the chunk, chunks in the unit) once a chunk is fully read): the writer
+commits a unit when all its chunks ended and all their inputs are accounted for. Nothing an input
+contains can raise out of a worker: every failure is an error record.
 """
 from __future__ import annotations
 
 import functools
 import os
+import time
 
 import numpy as np
 import torch
@@ -47,10 +51,11 @@ def lower_priority(nice: int) -> None:
 
 class LabelStream(IterableDataset):
     def __init__(self, listing: Listing, units: list[int], n_items: int, shard_size: int, plan: DecodePlan,
-                 source: ByteSource, batch_size: int, bucket_buffer: int = 0):
+                 source: ByteSource, batch_size: int, bucket_buffer: int = 0, chunk_size: int = 0):
         self.listing, self.units, self.n_items, self.shard_size = listing, list(units), n_items, shard_size
         self.plan, self.source, self.batch_size = plan, source, batch_size
         self.bucket_buffer = bucket_buffer or 4 * batch_size
+        self.chunk_size = chunk_size or max(16, 4 * batch_size)
 
     def _decode(self, item: dict, unit: int):
         record = {"key": make_key(item["id"]), "unit": unit, "source": item["id"], "path": item.get("path", "")}
@@ -63,16 +68,30 @@ class LabelStream(IterableDataset):
         record.update(out)
         return record, None
 
-    @staticmethod
-    def _packet(records, errors, ends) -> dict:
+    def _packet(self, records, errors, ends) -> dict:
         images = None
         if records:
             images = torch.from_numpy(np.ascontiguousarray(np.stack([r.pop("image") for r in records]).transpose(0, 3, 1, 2)))
-        return {"images": images, "items": records, "errors": errors, "ends": ends}
+        cpu = time.process_time()  # this worker's CPU time since its last packet (diagnostics)
+        spent, self._cpu = cpu - self._cpu, cpu
+        return {"images": images, "items": records, "errors": errors, "ends": ends, "cpu_s": spent}
+
+    def _chunks(self, wid: int, workers: int):
+        """This worker's (unit, start, stop, chunks in the unit): the pending units cut in chunks,
+        dealt round-robin, lazily (a rank's share of a huge listing is never held in memory)."""
+        k = 0
+        for unit in self.units:
+            start, stop = unit_range(unit, self.n_items, self.shard_size)
+            n = -(-(stop - start) // self.chunk_size)
+            for c in range(n):
+                if k % workers == wid:
+                    yield unit, start + c * self.chunk_size, min(stop, start + (c + 1) * self.chunk_size), n
+                k += 1
 
     def __iter__(self):
         info = get_worker_info()
         wid, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        self._cpu = time.process_time()
         buckets: dict[tuple, list] = {}
         held = 0
         errors, ends = [], []
@@ -85,8 +104,10 @@ class LabelStream(IterableDataset):
             errors, ends = [], []
             return packet
 
-        for unit in self.units[wid::workers]:
-            start, stop = unit_range(unit, self.n_items, self.shard_size)
+        for unit, start, stop, n_chunks in self._chunks(wid, workers):
+            # leftovers of earlier units leave now, so their shards can be committed
+            for hw in [hw for hw, records in buckets.items() if any(r["unit"] != unit for r in records)]:
+                yield take(hw)
             for item in self.listing.read(start, stop):
                 record, error = self._decode(item, unit)
                 if error is not None:
@@ -99,21 +120,19 @@ class LabelStream(IterableDataset):
                     yield take(hw)
                 elif held > self.bucket_buffer:
                     yield take(max(buckets, key=lambda k: len(buckets[k])))
-            ends.append((unit, stop - start))
-            for hw in [hw for hw, records in buckets.items() if any(r["unit"] != unit for r in records)]:
-                yield take(hw)
+            ends.append((unit, stop - start, n_chunks))
             if errors or ends:
                 yield self._packet([], errors, ends)
                 errors, ends = [], []
         for hw in list(buckets):
             yield take(hw)
-        if errors or ends:
-            yield self._packet([], errors, ends)
         self.source.close()
 
 
 def build_loader(stream: LabelStream, num_workers: int, prefetch_factor: int, pin_memory: bool, nice: int = 0) -> DataLoader:
-    workers = min(num_workers, max(1, len(stream.units)))  # a worker without units would only cost memory
+    chunks = sum(-(-(b - a) // stream.chunk_size) for a, b in
+                 (unit_range(u, stream.n_items, stream.shard_size) for u in stream.units[:num_workers]))
+    workers = min(num_workers, max(1, chunks))  # a worker without chunks would only cost memory
     kwargs = {}
     if workers > 0:
         kwargs = {"prefetch_factor": prefetch_factor, "worker_init_fn": functools.partial(_worker_init, nice),

@@ -1,8 +1,9 @@
 """The background writer: predictions in, shards out, so the model never waits for encoding or disk.
 
 The main loop hands over (packet, label, confidence) through a bounded queue (memory stays flat:
-at most ``queue_size`` batches wait). The writer thread resizes each prediction back to its
-sample's size (bilinear, as the recipe does), quantises it (``pseudolabel.codec``), encodes the
+at most ``queue_size`` batches wait). The writer thread (with ``label_size=original``) resizes each
+prediction back to its sample's size (bilinear, as the recipe does; by default ``decode_sample``
+does it when reading), quantises it (``pseudolabel.codec``), encodes the
 PNGs (OpenCV releases the GIL; with ``encode_threads`` > 1 a pool encodes a batch in parallel)
 and appends the sample to its unit's shard. A unit is committed (``ShardWriter.commit``: tar
 renamed, then index written) as soon as every one of its inputs is accounted for, labeled or
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -26,8 +28,8 @@ from pseudolabel.stream import lower_priority
 
 class Writer:
     def __init__(self, out_dir: str, header: dict, sample_meta: dict, image_ext: str, png_compression: int = 1,
-                 encode_threads: int = 1, queue_size: int = 8, nice: int = 0):
-        self.out_dir, self.header, self.sample_meta = out_dir, header, sample_meta
+                 encode_threads: int = 1, queue_size: int = 8, nice: int = 0, label_size: str = "inference"):
+        self.out_dir, self.header, self.sample_meta, self.label_size = out_dir, header, sample_meta, label_size
         self.space = header["space"]
         self.image_ext, self.png_compression = image_ext, png_compression
         self.nice = nice
@@ -35,10 +37,11 @@ class Writer:
                                         initargs=(nice,)) if encode_threads > 1 else None)
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.shards: dict[int, ShardWriter] = {}
-        self.expected: dict[int, int] = {}
+        self.expected: dict[int, tuple] = {}  # unit -> (chunks ended, their inputs, chunks in the unit)
         self.accounted: dict[int, int] = {}
         self.units_committed = 0
         self.labeled = self.skipped = 0
+        self.cpu_s = 0.0  # CPU time of the writer thread (diagnostics; the encode pool's not included)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
         self.thread.start()
@@ -97,7 +100,9 @@ class Writer:
                 job = self.queue.get()
                 if job is None or self.error is not None:
                     return
+                start = time.thread_time()
                 self._handle(*job)
+                self.cpu_s += time.thread_time() - start
         except BaseException as e:  # noqa: BLE001 - surfaced in the main thread
             self.error = e
 
@@ -108,11 +113,11 @@ class Writer:
         return self.shards[unit]
 
     def _encode(self, item: dict, label: np.ndarray, confidence: np.ndarray | None):
-        lh, lw = item["label_hw"]
-        if label.shape != (lh, lw):
-            label = cv2.resize(label, (lw, lh), interpolation=cv2.INTER_LINEAR)
+        ih, iw = item["image_hw"]
+        if self.label_size == "original" and label.shape != (ih, iw):
+            label = cv2.resize(label, (iw, ih), interpolation=cv2.INTER_LINEAR)
             if confidence is not None:
-                confidence = cv2.resize(confidence, (lw, lh), interpolation=cv2.INTER_LINEAR)
+                confidence = cv2.resize(confidence, (iw, ih), interpolation=cv2.INTER_LINEAR)
         try:
             codes, params = quantise(label, self.space)
         except ValueError as e:
@@ -129,7 +134,8 @@ class Writer:
             "path": item["path"],
             **self.sample_meta,
             "original_size": list(item["original_hw"]),
-            "size": [lh, lw],
+            "image_size": [ih, iw],
+            "label_size": list(label.shape),
             "inference_size": list(item["inference_hw"]),
             "depth": params,
             "image": {"stored": item["stored_how"], "field": self.image_ext if item["stored"] is not None else ""},
@@ -168,14 +174,16 @@ class Writer:
                     self.labeled += 1
                 self._account(item["unit"])
                 touched.add(item["unit"])
-        for unit, total in packet["ends"]:
+        for unit, inputs, chunks in packet["ends"]:
             self._shard(unit)
-            self.expected[unit] = total
+            seen, expected, _ = self.expected.get(unit, (0, 0, chunks))
+            self.expected[unit] = (seen + 1, expected + inputs, chunks)
             touched.add(unit)
         for unit in sorted(touched):
-            if unit in self.expected and self.accounted.get(unit, 0) >= self.expected[unit]:
-                if self.accounted[unit] != self.expected[unit]:
-                    raise RuntimeError(f"unit {unit}: {self.accounted[unit]} inputs accounted for, {self.expected[unit]} expected")
-                self.shards.pop(unit).commit(self.expected.pop(unit))
-                self.accounted.pop(unit)
+            seen, expected, chunks = self.expected.get(unit, (0, 0, -1))
+            if seen == chunks and self.accounted.get(unit, 0) >= expected:
+                if self.accounted[unit] != expected:
+                    raise RuntimeError(f"unit {unit}: {self.accounted[unit]} inputs accounted for, {expected} expected")
+                self.shards.pop(unit).commit(expected)
+                del self.expected[unit], self.accounted[unit]
                 self.units_committed += 1

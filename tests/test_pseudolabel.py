@@ -172,7 +172,7 @@ def test_job_outputs_read_back_everywhere(teacher, corpus, tmp_path):
     webdataset, datasets and ShardReader (DataLoader with 2 workers), labels equal to the teacher's
     own prediction to better than 1e-3."""
     out = tmp_path / "out"
-    manifest = run(config(teacher, corpus, out, "tta=flip", "num_workers=2"))
+    manifest = run(config(teacher, corpus, out, "tta=flip", "num_workers=2", "streams=2"))
     assert manifest["labeled"] == 24 and manifest["skipped"] == 0 and manifest["inputs"] == 24
     assert [s["name"] for s in manifest["shards"]] == [f"shard-{u:06d}.tar" for u in range(5)]
     assert manifest["fields"] == ["jpg", "depth.png", "conf.png", "json"]
@@ -356,6 +356,16 @@ def test_dirty_corpus_labels_what_decodes_and_skips_the_rest(teacher, tmp_path):
     top, rest = rotated.image[:10].astype(int), rotated.image[16:].astype(int)
     assert top[..., 0].mean() > 200 and top[..., 1].mean() < 60 and rest[..., 0].mean() < 200
 
+    # units holding skipped inputs redone after a kill: errors.jsonl gets no duplicate line
+    before = (out / "errors.jsonl").read_text()
+    units = {e["shard"] for e in errors}
+    for name in units:
+        os.remove(out / "index" / f"{name}.json")
+    os.remove(out / "manifest.json")
+    again = run(config(teacher, tmp_path / "dirty", out, "num_workers=2", "shard_size=4"))
+    assert (out / "errors.jsonl").read_text() == before and again["skipped"] == manifest["skipped"]
+    assert sorted(shard_keys(out)) == sorted(s.key for s in samples.values())
+
 
 # ------------------------------------------------------------------------------ input kinds
 def test_every_input_kind(teacher, corpus, tmp_path):
@@ -421,6 +431,15 @@ def test_store_modes_and_a_metric_teacher_with_multiscale_tta(tmp_path, corpus):
         assert (s.target > 0).all() and (s.target < 20).all() and s.valid.all()
     assert {p.name.split(".", 1)[1] for p in [Path(n) for n in tarfile.open(out / "shard-000000.tar").getnames()]} == {
         "png", "depth.png", "conf.png", "json"}
+    # labels resized before storing instead of when reading: the same decoded samples
+    m = run(config(metric, f"{corpus}/set0", tmp_path / "full", "tta=flip+scales", "tta_scales=[0.75, 1.5]",
+                   "store_image=reencode", "image_max_side=40", "image_ext=png", "label_size=original"))
+    small, full = decoded(out), decoded(tmp_path / "full")
+    for key, s in full.items():
+        assert s.meta["label_size"] == s.meta["image_size"] == list(s.target.shape)
+        assert small[key].meta["label_size"] == small[key].meta["inference_size"]
+        assert np.abs(s.target / small[key].target - 1).max() < 1e-3
+        assert np.abs(s.confidence - small[key].confidence).max() <= 1.5 / 255
     out = tmp_path / "none"
     m = run(config(metric, f"{corpus}/set0", out, "store_image=none"))
     assert m["fields"] == ["depth.png", "json"]
