@@ -31,6 +31,10 @@ from distill.metrics import METRIC_NAMES
 from distill.models import build_model, freeze_unused_parameters, load_depth_model, save_model
 from distill.spaces import OutputSpace
 
+# Submodules a stage adds under ``model.training_heads`` (the student's feature projection) are
+# trained, synchronised and checkpointed with the model, but are not part of the final model.
+TRAINING_HEADS = "training_heads."
+
 
 @dataclass
 class ModelConfig:
@@ -373,6 +377,8 @@ def train(
     if step >= cfg.max_steps:
         accelerator.wait_for_everyone()
         state_dict = accelerator.get_state_dict(model)
+        if state_dict is not None:  # training-only heads (e.g. the student's feature projection) stay out
+            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_HEADS)}
         if accelerator.is_main_process:
             unwrapped = accelerator.unwrap_model(model)
             unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper

@@ -152,13 +152,12 @@ def build_model(
     return model
 
 
-def load_dinov2_encoder(dinov2: str, preset: str) -> Dinov2Backbone:
-    """A DINOv2 encoder (hub id or directory) tapping the preset's layers, e.g. the frozen reference
-    of the student's feature-alignment loss."""
-    load_dinov2_config(dinov2, preset)
-    return Dinov2Backbone.from_pretrained(
-        dinov2, out_indices=list(get_preset(preset).tapped_layers), reshape_hidden_states=False
-    )
+def load_frozen_reference(dinov2: str) -> Dinov2Backbone:
+    """A frozen DINOv2 of any size (hub id or directory) giving its final-layer patch tokens
+    (LayerNorm applied), the reference of the student's feature-alignment loss."""
+    cfg = Dinov2Config.from_pretrained(dinov2)
+    encoder = Dinov2Backbone.from_pretrained(dinov2, out_indices=[cfg.num_hidden_layers], reshape_hidden_states=False)
+    return encoder.eval().requires_grad_(False)
 
 
 def output_space_of(config) -> OutputSpace:

@@ -23,9 +23,9 @@ from distill.config import parse_cli  # noqa: E402
 from distill.data.loading import build_dataset  # noqa: E402
 from distill.data.transforms import TrainTransform  # noqa: E402
 from distill.engine import TrainConfig, make_model, train  # noqa: E402
-from distill.models import load_depth_model, load_dinov2_encoder, output_space_of  # noqa: E402
+from distill.models import load_depth_model, load_frozen_reference, output_space_of  # noqa: E402
 from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY, OutputSpace  # noqa: E402
-from student.objective import StudentObjective, StudentObjectiveConfig  # noqa: E402
+from student.objective import StudentObjective, StudentObjectiveConfig, attach_feature_projection  # noqa: E402
 from student.perturb import photometric  # noqa: E402
 
 
@@ -34,8 +34,9 @@ class StudentConfig(TrainConfig):
     # Online mode: run this teacher (directory or hub id) in the loop on the pseudo group's images
     # instead of reading pseudo-label shards. For small corpora and quick experiments.
     teacher: str | None = None
-    # The frozen reference of feature alignment (DINOv2 hub id or directory, same width as the
-    # student); default: a frozen copy of the student's initial encoder.
+    # The frozen reference of feature alignment (DINOv2 hub id or directory, any size: another width
+    # than the student's adds a trained linear projection); default: a frozen copy of the
+    # student's initial encoder.
     frozen_dinov2: str | None = None
     student: StudentObjectiveConfig = field(default_factory=StudentObjectiveConfig)
 
@@ -63,12 +64,11 @@ def main(argv=None):
 
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model, space)
-    if cfg.frozen_dinov2:
-        frozen = load_dinov2_encoder(cfg.frozen_dinov2, cfg.model.preset)
-    else:
-        frozen = copy.deepcopy(model.backbone)
-    if frozen.config.hidden_size != model.config.backbone_config.hidden_size:
-        raise SystemExit("train_student.py: error: frozen_dinov2 must have the student's width (projection not supported)")
+    frozen = load_frozen_reference(cfg.frozen_dinov2) if cfg.frozen_dinov2 else copy.deepcopy(model.backbone)
+    try:
+        attach_feature_projection(model, frozen)
+    except ValueError as err:
+        raise SystemExit(f"train_student.py: error: {err}") from None
 
     # Colour jitter and blur on pseudo-labeled images only; online, the teacher must see clean images.
     perturb = photometric(cfg.student.perturb) if teacher is None else []

@@ -39,6 +39,22 @@ class FinalTokens:
         self.tokens = output.feature_maps[-1][:, 1:]  # drop the class token
 
 
+def attach_feature_projection(model, frozen_encoder) -> bool:
+    """Where the frozen reference has another width than the student (e.g. a ViT-L reference for a
+    ViT-S student), a linear projection of the student's tokens to the reference's width, trained
+    with the student. It lives under ``model.training_heads``: checkpointed and synchronised with
+    the model, left out of the final model (``distill.engine``). Returns whether one was added."""
+    student, reference = model.config.backbone_config, frozen_encoder.config
+    if student.patch_size != reference.patch_size:
+        raise ValueError(f"frozen_dinov2 has patch size {reference.patch_size}, the student {student.patch_size}: "
+                         "their tokens do not correspond")
+    if student.hidden_size == reference.hidden_size:
+        return False
+    model.training_heads = torch.nn.ModuleDict(
+        {"feature_projection": torch.nn.Linear(student.hidden_size, reference.hidden_size)})
+    return True
+
+
 class StudentObjective:
     def __init__(self, cfg: StudentObjectiveConfig, output_space: OutputSpace, pseudo_group: int,
                  frozen_encoder=None, teacher=None, seed: int = 0):
@@ -101,7 +117,11 @@ class StudentObjective:
             if c.feature_weight and self.frozen_encoder is not None:
                 with torch.no_grad():
                     frozen = self.frozen_encoder(pixel_values=normalize_images(images[pseudo])).feature_maps[-1][:, 1:]
-                feat = feature_alignment_loss(features.tokens[pseudo], frozen, margin=c.feature_margin)
+                tokens = features.tokens[pseudo]
+                heads = getattr(getattr(model, "module", model), "training_heads", None)
+                if heads is not None:
+                    tokens = heads["feature_projection"](tokens)
+                feat = feature_alignment_loss(tokens, frozen, margin=c.feature_margin)
                 loss = loss + c.feature_weight * feat
                 logs["feature"] = feat.detach()
         labeled = ~pseudo

@@ -88,8 +88,9 @@ def test_init_from_dinov2_directory(tmp_path):
     other = models.build_model("tiny", dinov2=str(tmp_path / "dinov2"))
     assert not torch.equal(model.head.conv3.weight, other.head.conv3.weight)
     # a frozen reference encoder for feature alignment loads from the same directory
-    frozen = models.load_dinov2_encoder(str(tmp_path / "dinov2"), "tiny")
+    frozen = models.load_frozen_reference(str(tmp_path / "dinov2"))
     assert torch.equal(frozen.state_dict()["layernorm.weight"], dinov2.state_dict()["layernorm.weight"])
+    assert not any(p.requires_grad for p in frozen.parameters())
     with pytest.raises(ValueError, match="preset 'vits'"):
         models.build_model("vits", dinov2=str(tmp_path / "dinov2"))
 

@@ -1,4 +1,5 @@
 """Student: CutMix regions, feature capture, perturbations, objective and a short training run."""
+import copy
 import json
 import subprocess
 import sys
@@ -10,7 +11,7 @@ import torch
 
 from distill import models
 from distill.spaces import DEPTH_UP_TO_SCALE
-from student.objective import FinalTokens, StudentObjective, StudentObjectiveConfig
+from student.objective import FinalTokens, StudentObjective, StudentObjectiveConfig, attach_feature_projection
 from student.perturb import PerturbConfig, cutmix, photometric
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -107,15 +108,53 @@ def test_student_refuses_the_teachers_weights(tmp_path):
     assert proc.returncode != 0 and "not the teacher's weights" in proc.stderr
 
 
+def wider_dinov2(path, hidden_size=48):
+    """A random DINOv2 with the tiny preset's patch size and another width, saved in transformers format."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    torch.manual_seed(1)
+    Dinov2Model(Dinov2Config(hidden_size=hidden_size, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
+                             patch_size=models.PATCH_SIZE, image_size=518)).save_pretrained(path)
+    return path
+
+
+def test_feature_projection_for_a_frozen_reference_of_another_width(tmp_path):
+    torch.manual_seed(0)
+    model = models.build_model("tiny", DEPTH_UP_TO_SCALE)
+    frozen = models.load_frozen_reference(str(wider_dinov2(tmp_path / "dinov2")))
+    assert attach_feature_projection(model, frozen)
+    projection = model.training_heads["feature_projection"]
+    assert (projection.in_features, projection.out_features) == (model.config.backbone_config.hidden_size, 48)
+    objective = StudentObjective(StudentObjectiveConfig(perturb=PerturbConfig(enabled=False)), DEPTH_UP_TO_SCALE,
+                                 pseudo_group=0, frozen_encoder=frozen)
+    b, h, w = 2, 28, 42
+    batch = {"image": torch.randint(0, 255, (b, 3, h, w), dtype=torch.uint8), "target": torch.rand(b, h, w) + 0.5,
+             "valid": torch.ones(b, h, w, dtype=torch.bool), "confidence": torch.ones(b, h, w),
+             "group": torch.zeros(b, dtype=torch.long), "space": ["depth"] * b, "geometry": ["uts"] * b}
+    loss, logs = objective(model, batch)
+    loss.backward()
+    assert logs["feature"] > 0 and projection.weight.grad.abs().sum() > 0
+    # same width: no projection; another patch size: refused
+    same_width = models.build_model("tiny", DEPTH_UP_TO_SCALE)
+    assert not attach_feature_projection(same_width, copy.deepcopy(same_width.backbone))
+    frozen.config.patch_size = 16
+    with pytest.raises(ValueError, match="patch size 16"):
+        attach_feature_projection(models.build_model("tiny", DEPTH_UP_TO_SCALE), frozen)
+
+
 def test_online_student_run(tmp_path):
-    """Teacher in the loop (a tiny random teacher saved in transformers format): trains, validates,
-    writes a final model that loads in the pipeline."""
+    """Teacher in the loop (a tiny random teacher saved in transformers format) and a frozen reference
+    wider than the student: trains, validates, checkpoints the projection, writes a final model
+    without it."""
+    from safetensors import safe_open
+
     teacher = models.build_model("tiny", DEPTH_UP_TO_SCALE)
     models.save_model(teacher, tmp_path / "teacher")
     out = tmp_path / "student"
     cmd = [sys.executable, str(ROOT / "distill" / "train_student.py"), "--config", str(ROOT / "configs" / "student" / "tiny.yaml"),
            f"teacher={tmp_path / 'teacher'}", f"output_dir={out}", "max_steps=6", "log_every=3", "eval_every=6",
-           "save_every=0", "tracker=none", "batch_size=4", "data.crop_size=42", "data.num_workers=0", "data.val_max_samples=2",
+           f"frozen_dinov2={wider_dinov2(tmp_path / 'dinov2')}",
+           "save_every=3", "tracker=none", "batch_size=4", "data.crop_size=42", "data.num_workers=0", "data.val_max_samples=2",
            "data.groups.0.datasets=[{reader: synthetic, options: {num: 50, seed: 7, height: 48, width: 64}}]",
            "data.val.0.options.height=48", "data.val.0.options.width=64"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -124,6 +163,13 @@ def test_online_student_run(tmp_path):
     assert [r["step"] for r in log] == [3, 6] and "pseudo" in log[0] and "val/abs_rel" in log[-1]
     config = json.loads((out / "final" / "config.json").read_text())
     assert (config["output_space"], config["output_geometry"]) == ("depth", "uts")
+    with safe_open(out / "checkpoints" / "step_00000003" / "model.safetensors", "pt") as f:
+        assert "training_heads.feature_projection.weight" in f.keys()
+    with safe_open(out / "final" / "model.safetensors", "pt") as f:
+        final_keys = set(f.keys())
+    assert final_keys and not any(k.startswith("training_heads") for k in final_keys)
+    reloaded = models.load_depth_model(str(out / "final"))
+    assert not hasattr(reloaded, "training_heads")
 
 
 @pytest.mark.parametrize("preset", ["tiny", "vits", "vitb", "vitl"])
