@@ -1,65 +1,294 @@
-"""The smallest end-to-end run the project has today, on data a dependency ships.
+"""The whole pipeline on data the project makes or ships, in one command (CPU, minutes).
 
-Builds a tiny random-weight Depth Anything model with the geometry-preserving (GP2) head, saves it
-in transformers format, reloads it through ``pipeline("depth-estimation")`` on scikit-image's real
-photographs, and evaluates it on the real Middlebury Motorcycle pair with the affine-disparity
-protocol. (With random weights the numbers are those of an untrained model: this run checks the
-plumbing. The full pipeline, teacher -> pseudo-labels -> student, replaces it as the stages land.)
+    python -m distill.quickstart [--output-dir runs/quickstart] [--teacher-steps 1000]
+        [--student-steps 1000] [--unlabeled-scenes 500] [--test-scenes 64]
 
-    python -m distill.quickstart [--output-dir runs/quickstart]
+Stages, each the real command of its stage with the ``tiny`` presets (the exact command lines go to
+``OUT/commands.sh``, their output to ``OUT/logs/``):
+
+1. data: held-out synthetic scenes (``python -m distill.data.synthetic``): an unlabeled set for
+   pseudo-labeling (its ground truth is never read) and a test set; scikit-image's bundled
+   photographs as a real unlabeled corpus; the Middlebury 2014 Motorcycle pair scikit-image ships
+   (ground-truth disparity, inf = invalid) written as a ``folder`` benchmark.
+2. teacher: ``accelerate launch distill/train_teacher.py --config configs/teacher/tiny.yaml``
+   (GP2 on synthetic scenes rendered on the fly).
+3. pseudo-labels: ``accelerate launch distill/pseudolabel.py`` over the photos and the unlabeled scenes.
+4. student: ``accelerate launch distill/train_student.py --config configs/student/tiny.yaml`` on
+   those shards (CutMix, colour jitter, blur, feature alignment to a frozen encoder).
+5. evaluation of teacher and student (``distill/evaluate.py``) on the synthetic test scenes,
+   Motorcycle and, when present, ``../shared/data/nyu2_sample``.
+6. release: ``distill/release.py --dry-run`` (model card, checked with ``pipeline("depth-estimation")``).
+7. ``OUT/summary.png`` (inputs, teacher and student depth, ground truth where there is one) and a
+   table printed and saved as ``OUT/summary.json``.
+
+The models start from random weights (no model hub here), so the numbers are those of a few
+minutes of CPU training; the point is that every stage runs, connects and is measured. On a
+machine with a GPU the same stages run there.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shlex
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from distill.metrics import align_lsq, depth_metrics
-from distill.models import build_model, save_model
-from distill.spaces import DEPTH_UP_TO_SCALE, to_disparity
+ROOT = Path(__file__).resolve().parent.parent
+NYU_SAMPLE = ROOT.parent / "shared" / "data" / "nyu2_sample"
+# scikit-image's bundled photographs of real scenes (no download): the unlabeled real corpus.
+SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "clock", "coffee", "rocket")
+INPUT_SIZE = 112  # the tiny presets train on 112-pixel crops; labeling and evaluation use that scale
+SUMMARY_METRICS = ("abs_rel", "d1")
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--output-dir", default="runs/quickstart")
-    args = parser.parse_args(argv)
+class Stages:
+    """Runs the stages, timing each, its output in ``logs/<name>.log``, its command in ``commands.sh``."""
 
-    import skimage.data
-    from transformers import pipeline
+    def __init__(self, out: Path):
+        self.out, self.times = out, {}
+        (out / "logs").mkdir(parents=True, exist_ok=True)
+        self.script = out / "commands.sh"
+        self.script.write_text("#!/bin/sh\n# The commands the quickstart ran, in order.\nset -e\n")
 
-    torch.manual_seed(0)
-    model_dir = os.path.join(args.output_dir, "model")
-    save_model(build_model("tiny", DEPTH_UP_TO_SCALE), model_dir)
-    print(f"saved a tiny GP2-head model to {model_dir}")
-
-    pipe = pipeline("depth-estimation", model=model_dir)
-    for name in ("astronaut", "coffee", "chelsea"):
-        image = getattr(skimage.data, name)()
+    def run(self, name: str, cmd: list[str], main=None) -> None:
+        """Run ``cmd``; with ``main`` (the script's ``main(argv)``) in this process instead of a new
+        interpreter (the same code, without paying for the imports again)."""
+        with open(self.script, "a") as f:
+            f.write(shlex.join(cmd) + "\n")
+        log = self.out / "logs" / f"{name}.log"
+        print(f"[{name}] {shlex.join(cmd)}", flush=True)
         start = time.perf_counter()
-        depth = pipe(Image.fromarray(image))["predicted_depth"]
-        print(f"  {name:10s} {image.shape[1]}x{image.shape[0]} -> depth {tuple(depth.shape)} in {time.perf_counter() - start:.2f}s")
+        with open(log, "a") as f:
+            if main is None:
+                code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
+            else:
+                with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                    code = main(cmd[2:])
+        self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
+        if code:
+            tail = log.read_text(errors="replace").splitlines()[-25:]
+            raise SystemExit(f"quickstart: stage {name!r} failed (exit {code}); end of {log}:\n" + "\n".join(tail))
+        print(f"[{name}] done in {time.perf_counter() - start:.0f} s", flush=True)
 
-    # Middlebury 2014 Motorcycle: disparity in pixels, inf = invalid.
-    left, _, gt_disparity = skimage.data.stereo_motorcycle()
-    gt_disparity = torch.from_numpy(np.asarray(gt_disparity, dtype=np.float32))
-    mask = torch.isfinite(gt_disparity) & (gt_disparity > 0)
-    pred_depth = pipe(Image.fromarray(left))["predicted_depth"].float()
-    aligned, _, _ = align_lsq(to_disparity(pred_depth, "depth"), gt_disparity, mask)
-    # Depth up to the pair's focal * baseline is 1 / disparity; as in the benchmark protocols, the
-    # prediction is clamped to the ground truth's depth range.
-    gt_depth = 1.0 / gt_disparity.clamp_min(1e-6)
-    lo, hi = float(gt_depth[mask].min()), float(gt_depth[mask].max())
-    pred = (1.0 / aligned.clamp_min(1e-6)).clamp(lo, hi)
-    metrics = depth_metrics(pred[None], gt_depth[None], mask[None])
-    print("Middlebury Motorcycle, affine-disparity protocol: " + ", ".join(f"{k}={v:.3f}" for k, v in metrics.items()))
-    with open(os.path.join(args.output_dir, "eval_motorcycle.json"), "w") as f:
-        json.dump(metrics, f, indent=2)
+
+def accelerate_launch(script: str, *args: str) -> list[str]:
+    # One process; explicit values so accelerate needs no config file and prints no warnings.
+    return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no", script, *args]
+
+
+# ------------------------------------------------------------------------------------ data
+def write_photos(folder: Path) -> list[Path]:
+    import skimage.data
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in SKIMAGE_PHOTOS:
+        image = np.asarray(getattr(skimage.data, name)())
+        path = folder / f"{name}.jpg"
+        Image.fromarray(image[..., :3] if image.ndim == 3 else image).convert("RGB").save(path, quality=95)
+        paths.append(path)
+    return paths
+
+
+def write_motorcycle(folder: Path) -> None:
+    """The Middlebury 2014 Motorcycle pair as a ``folder`` benchmark: the left image and its
+    disparity (pixels; inf in the file = invalid, stored as 0). Middlebury disparity is focal x
+    baseline / depth minus a constant offset, i.e. disparity up to scale and shift: ``utss``."""
+    import skimage.data
+    import yaml
+
+    left, _, disparity = skimage.data.stereo_motorcycle()
+    disparity = np.asarray(disparity, dtype=np.float32)
+    disparity = np.where(np.isfinite(disparity) & (disparity > 0), disparity, 0).astype(np.float32)
+    (folder / "rgb").mkdir(parents=True, exist_ok=True)
+    (folder / "depth").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(left)).save(folder / "rgb" / "motorcycle.png")
+    np.save(folder / "depth" / "motorcycle.npy", disparity)
+    info = {"name": "middlebury-motorcycle", "space": "disparity", "geometry": "utss", "depth_scale": 1.0,
+            "format": {"rgb": "rgb/{key}.png", "depth": "depth/{key}.npy", "invalid_value": 0},
+            "source": "skimage.data.stereo_motorcycle (Middlebury 2014)"}
+    (folder / "dataset.yaml").write_text(yaml.safe_dump(info, sort_keys=False))
+
+
+# ------------------------------------------------------------------------------------ summary
+def predict_depth(model, image: np.ndarray) -> np.ndarray:
+    """The model's prediction for one uint8 image, at the image's size, as depth up to scale."""
+    import torch
+
+    from distill.data.transforms import resize_for_inference
+    from distill.evaluation import predict
+    from distill.models import output_space_of
+    from distill.spaces import to_depth
+
+    x = torch.from_numpy(resize_for_inference(image, INPUT_SIZE)).permute(2, 0, 1)[None]
+    with torch.inference_mode():
+        pred = predict(model, x, image.shape[:2])[0].numpy()
+    return to_depth(np.maximum(pred, 1e-6), output_space_of(model.config).space)
+
+
+def summary_rows(data: Path) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
+    """(name, image, ground-truth depth or None) for the summary picture."""
+    from distill.data.readers import FolderReader, NYUReader
+
+    rows = []
+    for name in ("astronaut", "coffee"):
+        rows.append((name, np.asarray(Image.open(data / "photos" / f"{name}.jpg").convert("RGB")), None))
+    moto = FolderReader(data / "middlebury-motorcycle")[0]
+    rows.append(("motorcycle", moto.image, np.where(moto.valid, 1 / np.maximum(moto.target, 1e-6), 0)))
+    for i in (0, 1):
+        scene = FolderReader(data / "test-synthetic")[i]
+        rows.append((f"synthetic {i}", scene.image, np.where(scene.valid, scene.target, 0)))
+    if NYU_SAMPLE.is_dir():
+        frame = NYUReader(NYU_SAMPLE)[0]
+        rows.append(("NYU", frame.image, np.where(frame.valid, frame.target, 0)))
+    return rows
+
+
+def summary_png(path: Path, teacher_dir: Path, student_dir: Path, data: Path, height: int = 160, width: int = 240) -> None:
+    """A header, then one row per input: image | teacher | student | ground truth (blank where there
+    is none), each cell ``height`` x ``width`` (aspect kept, centred on white); every depth coloured
+    by inverse depth on its own range (predictions are up to scale)."""
+    import cv2
+
+    from distill.data.synthetic import colorize
+    from distill.models import load_depth_model
+
+    def cell(picture):
+        scale = min(height / picture.shape[0], width / picture.shape[1])
+        h, w = max(1, round(picture.shape[0] * scale)), max(1, round(picture.shape[1] * scale))
+        canvas = np.full((height, width, 3), 255, np.uint8)
+        top, left = (height - h) // 2, (width - w) // 2
+        canvas[top:top + h, left:left + w] = cv2.resize(picture, (w, h), interpolation=cv2.INTER_AREA)
+        return canvas
+
+    header = np.full((28, 4 * width, 3), 255, np.uint8)
+    for i, title in enumerate(("input", "teacher", "student", "ground truth")):
+        cv2.putText(header, title, (i * width + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
+    teacher, student = load_depth_model(str(teacher_dir)).eval(), load_depth_model(str(student_dir)).eval()
+    rows = [header]
+    for _, image, gt in summary_rows(data):
+        cells = [image]
+        for model in (teacher, student):
+            depth = predict_depth(model, image)
+            cells.append(colorize(depth, np.isfinite(depth) & (depth > 0)))
+        cells.append(colorize(gt, gt > 0) if gt is not None else np.full_like(image, 255))
+        rows.append(np.pad(np.concatenate([cell(c) for c in cells], 1), ((0, 4), (0, 0), (0, 0)), constant_values=255))
+    Image.fromarray(np.concatenate(rows, 0)).save(path)
+
+
+def table(results: dict) -> str:
+    lines = [f"{'benchmark':24s} {'protocol':17s} {'images':>6s}  {'teacher AbsRel':>14s} {'student AbsRel':>14s}"
+             f"  {'teacher δ1':>10s} {'student δ1':>10s}"]
+    for bench, by_model in results.items():
+        t, s = by_model["teacher"], by_model["student"]
+        lines.append(f"{bench:24s} {t['protocol']:17s} {t['num_images']:6d}  {t['abs_rel']:14.3f} {s['abs_rel']:14.3f}"
+                     f"  {t['d1']:10.3f} {s['d1']:10.3f}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ main
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distill.quickstart", description=__doc__.splitlines()[0])
+    p.add_argument("--output-dir", default="runs/quickstart")
+    p.add_argument("--teacher-steps", type=int, default=1000)
+    p.add_argument("--student-steps", type=int, default=1000)
+    p.add_argument("--unlabeled-scenes", type=int, default=500, help="held-out synthetic scenes to pseudo-label")
+    p.add_argument("--test-scenes", type=int, default=64, help="synthetic scenes to evaluate on")
+    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message}\n")
+    args = p.parse_args(argv)
+    if min(args.teacher_steps, args.student_steps, args.unlabeled_scenes, args.test_scenes) < 1:
+        p.error("steps and scene counts must be >= 1")
+
+    out = Path(args.output_dir).resolve()
+    data = out / "data"
+    stages = Stages(out)
+    started = time.perf_counter()
+    py = sys.executable
+
+    # 1. data
+    start = time.perf_counter()
+    photos = write_photos(data / "photos")
+    write_motorcycle(data / "middlebury-motorcycle")
+    stages.times["data"] = time.perf_counter() - start
+    synthetic = [py, "-m", "distill.data.synthetic", "--size", "120", "160", "--geometry", "metric"]
+    stages.run("data", synthetic + ["--out", str(data / "unlabeled-synthetic"), "--num", str(args.unlabeled_scenes), "--seed", "77"])
+    stages.run("data", synthetic + ["--out", str(data / "test-synthetic"), "--num", str(args.test_scenes), "--seed", "2026"])
+    scenes = sorted((data / "unlabeled-synthetic" / "rgb").glob("*.png"))
+    unlabeled = data / "unlabeled.txt"  # images only: the scenes' depth maps are never read
+    unlabeled.write_text("".join(f"{path}\n" for path in [*photos, *scenes]))
+
+    # 2. teacher
+    teacher = out / "teacher"
+    stages.run("teacher", accelerate_launch(
+        "distill/train_teacher.py", "--config", "configs/teacher/tiny.yaml", f"output_dir={teacher}",
+        f"max_steps={args.teacher_steps}", f"eval_every={args.teacher_steps}", f"save_every={args.teacher_steps}"))
+
+    # 3. pseudo-labels
+    pseudo = out / "pseudo-labels"
+    stages.run("pseudolabel", accelerate_launch(
+        "distill/pseudolabel.py", "--config", "configs/pseudolabel/default.yaml", "--teacher", str(teacher / "final"),
+        "--input", str(unlabeled), "--output", str(pseudo), "--input-size", str(INPUT_SIZE), "--tta", "flip",
+        "--store-image", "reencode", "--image-max-side", "160", "--shard-size", "100"))
+
+    # 4. student
+    student = out / "student"
+    stages.run("student", accelerate_launch(
+        "distill/train_student.py", "--config", "configs/student/tiny.yaml", f"output_dir={student}",
+        f"max_steps={args.student_steps}", f"eval_every={args.student_steps}", f"save_every={args.student_steps}",
+        f"data.groups.0.datasets.0.root={pseudo}"))
+
+    # 5. evaluation
+    from distill import evaluate as evaluate_cli, release as release_cli
+    benchmarks = {"synthetic (test scenes)": ("folder", data / "test-synthetic", "scale-log"),
+                  "Middlebury Motorcycle": ("folder", data / "middlebury-motorcycle", "affine-disparity")}
+    if NYU_SAMPLE.is_dir():
+        benchmarks["NYU sample"] = ("nyu", NYU_SAMPLE, "scale-log")
+    results: dict = {}
+    for bench, (kind, root, protocol) in benchmarks.items():
+        for role, model in (("teacher", teacher / "final"), ("student", student / "final")):
+            path = out / "eval" / f"{role}_{bench.split()[0].lower()}.json"
+            stages.run("evaluate", [py, "distill/evaluate.py", "--model", str(model), "--benchmark", kind,
+                                    "--data-root", str(root), "--protocol", protocol, "--input-size", str(INPUT_SIZE),
+                                    "--output", str(path)], main=evaluate_cli.main)
+            results.setdefault(bench, {})[role] = json.loads(path.read_text())
+
+    # 6. release (dry run: built and checked with pipeline("depth-estimation"), nothing sent)
+    release = out / "release"
+    student_evals = sorted(str(p) for p in (out / "eval").glob("student_*.json"))
+    stages.run("release", [py, "distill/release.py", "--model", str(student / "final"), "--repo-id",
+                           "your-name/depth-distill-quickstart-tiny", "--dry-run", "--output-dir", str(release),
+                           "--input-size", str(INPUT_SIZE), "--eval", *student_evals], main=release_cli.main)
+
+    # 7. summary
+    start = time.perf_counter()
+    summary_png(out / "summary.png", teacher / "final", student / "final", data)
+    stages.times["summary"] = time.perf_counter() - start
+    manifest = json.loads((pseudo / "manifest.json").read_text())
+    summary = {
+        "results": {b: {r: {k: m[k] for k in ("protocol", "num_images", *SUMMARY_METRICS)} for r, m in by.items()}
+                    for b, by in results.items()},
+        "pseudo_labels": {"labeled": manifest["labeled"], "skipped": manifest["skipped"]},
+        "stage_seconds": {k: round(v, 1) for k, v in stages.times.items()},
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "teacher": str(teacher / "final"), "student": str(student / "final"), "release": str(release),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print()
+    print(table(results))
+    print(f"\npseudo-labels: {manifest['labeled']} images labeled, {manifest['skipped']} skipped")
+    print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.times.items())
+          + f"; total {summary['total_seconds']:.0f} s")
+    print(f"summary picture: {out / 'summary.png'}; release folder: {release}; commands: {stages.script}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
