@@ -1,6 +1,7 @@
 """Student: CutMix regions, feature capture, perturbations, objective and a short training run."""
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -181,3 +182,46 @@ def test_every_student_preset_loads(preset):
     assert cfg.model.preset == preset and cfg.student.trim == 0.1 and cfg.student.feature_margin == 0.15
     if preset != "tiny":
         assert (cfg.data.crop_size, cfg.batch_size, cfg.max_steps, cfg.optim.lr) == (518, 192, 480000, 5e-6)
+
+
+def _projection_grads_under_ddp(rank: int, world: int, port: int, out: str):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)  # the same weights on both ranks
+    model = models.build_model("tiny", DEPTH_UP_TO_SCALE)
+    models.freeze_unused_parameters(model)
+    frozen = models.load_frozen_reference(out + "/dinov2")
+    attach_feature_projection(model, frozen)
+    ddp = DistributedDataParallel(model)
+    objective = StudentObjective(StudentObjectiveConfig(perturb=PerturbConfig(enabled=False)), DEPTH_UP_TO_SCALE,
+                                 pseudo_group=0, frozen_encoder=frozen)
+    torch.manual_seed(100 + rank)  # different data on each rank
+    b, h, w = 2, 28, 42
+    batch = {"image": torch.randint(0, 255, (b, 3, h, w), dtype=torch.uint8), "target": torch.rand(b, h, w) + 0.5,
+             "valid": torch.ones(b, h, w, dtype=torch.bool), "confidence": torch.ones(b, h, w),
+             "group": torch.zeros(b, dtype=torch.long), "space": ["depth"] * b, "geometry": ["uts"] * b}
+    loss, _ = objective(ddp, batch)
+    loss.backward()
+    torch.save({"projection": model.training_heads["feature_projection"].weight.grad,
+                "head": model.head.conv3.weight.grad}, f"{out}/grads{rank}.pt")
+    dist.destroy_process_group()
+
+
+def test_feature_projection_gradients_are_synchronised_by_ddp(tmp_path):
+    """The objective reaches the projection through ``model.module`` (outside DDP's forward): its
+    gradients must still be averaged across ranks like the model's own."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    wider_dinov2(tmp_path / "dinov2")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_projection_grads_under_ddp, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    grads = [torch.load(tmp_path / f"grads{r}.pt") for r in range(2)]
+    for name in ("projection", "head"):
+        assert grads[0][name].abs().sum() > 0 and torch.equal(grads[0][name], grads[1][name]), name
