@@ -66,7 +66,7 @@ def main():
             TeacherConfig,
             os.path.join(ROOT, "configs", "teacher", "tiny.yaml"),
             [MIXTURE, f"objective.uts_weight={uts_weight}", f"max_steps={args.steps}", f"output_dir={out}",
-             "tracker=none", "save_every=0", "eval_every=0", "data.val=[]"],
+             "tracker=none", "save_every=0", "eval_every=0", "data.val=[]", "overwrite=true"],
         )
         start = time.perf_counter()
         final = train(cfg, TeacherObjective(cfg.objective), DEPTH_UP_TO_SCALE)

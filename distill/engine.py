@@ -72,6 +72,7 @@ class TrainConfig:
     save_every: int = 1000  # 0: only at the end
     keep_checkpoints: int = 2
     resume: str | None = None  # "latest" or a checkpoint directory
+    overwrite: bool = False  # a fresh run may replace an earlier run's checkpoints, metrics and final model
     tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -197,6 +198,33 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     return resume
 
 
+# What a run writes and a fresh run would otherwise mix with (metrics appended, ``resume=latest``
+# finding the old checkpoints).
+RUN_OUTPUTS = ("checkpoints", "final", "metrics.jsonl", "config.yaml")
+
+
+def check_output_dir(cfg: TrainConfig) -> None:
+    """A run without ``resume`` must not land on an earlier run: one line naming the way out."""
+    if cfg.resume or cfg.overwrite:
+        return
+    earlier = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(cfg.output_dir, name))]
+    if earlier:
+        raise SystemExit(f"output_dir {cfg.output_dir} holds an earlier run ({', '.join(earlier)}): resume=latest "
+                         "continues it, overwrite=true replaces it, or choose another output_dir")
+
+
+def remove_earlier_run(output_dir: str) -> None:
+    for name in RUN_OUTPUTS:
+        path = os.path.join(output_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+    for name in os.listdir(output_dir) if os.path.isdir(output_dir) else []:
+        if name.startswith("bad_samples_rank"):
+            os.remove(os.path.join(output_dir, name))
+
+
 class _Preemption:
     """SIGTERM (and SIGINT) set a flag; the loop checkpoints and exits at the end of the step."""
 
@@ -262,6 +290,7 @@ def train(
     ``objective(model, batch) -> (loss, logs)``; ``extra_modules``: frozen modules the objective
     uses (e.g. the student's frozen DINOv2), moved to the device but not trained or saved.
     """
+    check_output_dir(cfg)
     # Distributed on CPU (tests, DeepSpeed without GPUs) needs the gloo backend.
     cpu_distributed = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     accelerator = Accelerator(
@@ -272,6 +301,9 @@ def train(
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_distributed else [],
     )
     world, rank = accelerator.num_processes, accelerator.process_index
+    if cfg.overwrite and not cfg.resume and accelerator.is_main_process:
+        remove_earlier_run(cfg.output_dir)
+    accelerator.wait_for_everyone()
     if cfg.batch_size % (world * cfg.grad_accum):
         raise ValueError(f"batch_size {cfg.batch_size} is not divisible by processes x grad_accum = {world} x {cfg.grad_accum}")
     micro_batch = cfg.batch_size // (world * cfg.grad_accum)

@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -82,6 +83,27 @@ def accelerate_launch(script: str, *args: str) -> list[str]:
     # One process; explicit values so accelerate needs no config file and prints no warnings.
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
             "--mixed_precision", "no", "--dynamo_backend", "no", script, *args]
+
+
+# What a quickstart writes in its output directory; a rerun replaces it.
+OUTPUTS = ("commands.sh", "logs", "data", "teacher", "pseudo-labels", "student", "eval", "release", "summary.png",
+           "summary.json")
+
+
+def clear_earlier_quickstart(out: Path) -> None:
+    """Remove an earlier quickstart's outputs; refuse a non-empty directory that is not one."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not (out / "commands.sh").is_file():
+        raise SystemExit(f"quickstart: {out} is not empty and holds no earlier quickstart (no commands.sh); "
+                         "choose another --output-dir")
+    print(f"replacing the earlier quickstart in {out}", flush=True)
+    for name in OUTPUTS:
+        path = out / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.exists():
+            path.unlink()
 
 
 # ------------------------------------------------------------------------------------ data
@@ -208,6 +230,7 @@ def main(argv=None) -> int:
         p.error("steps and scene counts must be >= 1")
 
     out = Path(args.output_dir).resolve()
+    clear_earlier_quickstart(out)
     data = out / "data"
     stages = Stages(out)
     started = time.perf_counter()

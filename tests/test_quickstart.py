@@ -56,3 +56,18 @@ def test_quickstart_runs_every_stage_and_writes_its_outputs(tmp_path):
     commands = (out / "commands.sh").read_text()
     for script in ("train_teacher.py", "pseudolabel.py", "train_student.py", "evaluate.py", "release.py --model"):
         assert script in commands
+
+
+def test_a_rerun_replaces_the_earlier_quickstart_and_nothing_else(tmp_path):
+    from distill.quickstart import clear_earlier_quickstart
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="holds no earlier quickstart"):
+        clear_earlier_quickstart(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    (tmp_path / "commands.sh").write_text("#!/bin/sh\n")
+    (tmp_path / "teacher" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "summary.json").write_text("{}")
+    clear_earlier_quickstart(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    clear_earlier_quickstart(tmp_path / "absent")  # nothing to do

@@ -48,6 +48,23 @@ def test_tiny_preset_loads():
     assert [d.options["geometry"] for d in cfg.data.groups[0].datasets] == ["metric", "uts", "utss"]
 
 
+def test_a_fresh_run_never_lands_on_an_earlier_one(tmp_path):
+    def run(*overrides):
+        cfg = small_config(tmp_path, "max_steps=2", "log_every=1", "eval_every=0", "save_every=1", "data.val=[]",
+                           *overrides)
+        return train(cfg, TeacherObjective(cfg.objective), output_space_for(cfg.objective.kind))
+
+    run()
+    first = read_log(tmp_path / "metrics.jsonl")
+    with pytest.raises(SystemExit, match=r"holds an earlier run \(checkpoints, final, metrics.jsonl, config.yaml\)"):
+        run()
+    assert read_log(tmp_path / "metrics.jsonl") == first  # nothing touched
+    (tmp_path / "checkpoints" / "step_00000001").rename(tmp_path / "checkpoints" / "step_00000099")
+    run("overwrite=true", "seed=1")  # starts over: the old checkpoints and metrics are gone
+    assert [r["step"] for r in read_log(tmp_path / "metrics.jsonl")] == [1, 2]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step_00000001", "step_00000002"]
+
+
 def test_loss_goes_down_and_final_model_loads(tmp_path):
     cfg = small_config(tmp_path, "max_steps=40", "log_every=5", "eval_every=20", "save_every=0", "optim.lr=5e-4")
     final = train(cfg, TeacherObjective(cfg.objective), output_space_for(cfg.objective.kind))
