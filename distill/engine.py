@@ -285,7 +285,8 @@ def train(
     train_transforms=None,
     extra_modules: tuple = (),
 ):
-    """Run a training job to ``cfg.max_steps``; returns the path of the final model directory.
+    """Run a training job to ``cfg.max_steps``; returns the path of the final model directory, or
+    None when a SIGTERM stopped it first (a checkpoint was written: continue with ``resume=latest``).
 
     ``objective(model, batch) -> (loss, logs)``; ``extra_modules``: frozen modules the objective
     uses (e.g. the student's frozen DINOv2), moved to the device but not trained or saved.
@@ -417,7 +418,7 @@ def train(
             save_model(unwrapped, final_dir, output_space, state_dict=state_dict)
             save_config(cfg, os.path.join(final_dir, "training_config.yaml"))
     accelerator.end_training()
-    return final_dir
+    return final_dir if step >= cfg.max_steps else None
 
 
 def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, sampler) -> str:

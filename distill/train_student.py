@@ -79,7 +79,8 @@ def main(argv=None):
     objective = StudentObjective(cfg.student, space, pseudo_index, frozen_encoder=frozen, teacher=teacher, seed=cfg.seed)
     extra = tuple(m for m in (frozen, teacher) if m is not None)
     final = train(cfg, objective, space, model=model, train_transforms=transforms, extra_modules=extra)
-    print(f"student saved to {final}")
+    if final:  # None: preempted, a checkpoint was saved
+        print(f"student saved to {final}")
 
 
 if __name__ == "__main__":

@@ -24,7 +24,8 @@ class TeacherConfig(TrainConfig):
 def main(argv=None):
     cfg = parse_cli(TeacherConfig, argv, prog="train_teacher.py")
     final = train(cfg, TeacherObjective(cfg.objective), output_space_for(cfg.objective.kind))
-    print(f"teacher saved to {final}")
+    if final:  # None: preempted, a checkpoint was saved
+        print(f"teacher saved to {final}")
 
 
 if __name__ == "__main__":

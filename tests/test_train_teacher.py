@@ -106,14 +106,14 @@ def test_sigterm_checkpoint_and_resume_match_uninterrupted_run(tmp_path):
     expected = [r["loss"] for r in read_log(tmp_path / "full" / "metrics.jsonl")]
 
     run = small_config(tmp_path / "cut", *steps)
-    train(run, PreemptAt(TeacherObjective(run.objective), 3), output_space_for("gp2"))
+    assert train(run, PreemptAt(TeacherObjective(run.objective), 3), output_space_for("gp2")) is None  # no final model
     log = read_log(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3]  # stopped cleanly after the step that got SIGTERM
     assert not (tmp_path / "cut" / "final").exists()
     assert sorted(os.listdir(tmp_path / "cut" / "checkpoints")) == ["step_00000003"]
 
     resumed = small_config(tmp_path / "cut", *steps, "resume=latest")
-    train(resumed, TeacherObjective(resumed.objective), output_space_for("gp2"))
+    assert train(resumed, TeacherObjective(resumed.objective), output_space_for("gp2")) == str(tmp_path / "cut" / "final")
     losses = [r["loss"] for r in read_log(tmp_path / "cut" / "metrics.jsonl")]
     assert losses == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
