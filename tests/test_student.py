@@ -109,6 +109,13 @@ def test_student_refuses_the_teachers_weights(tmp_path):
     assert proc.returncode != 0 and "not the teacher's weights" in proc.stderr
 
 
+def pseudo_batch(b=2, h=28, w=42) -> dict:
+    """A random batch of pseudo-labeled rows (group 0, depth up to scale, full confidence)."""
+    return {"image": torch.randint(0, 255, (b, 3, h, w), dtype=torch.uint8), "target": torch.rand(b, h, w) + 0.5,
+            "valid": torch.ones(b, h, w, dtype=torch.bool), "confidence": torch.ones(b, h, w),
+            "group": torch.zeros(b, dtype=torch.long), "space": ["depth"] * b, "geometry": ["uts"] * b}
+
+
 def wider_dinov2(path, hidden_size=48):
     """A random DINOv2 with the tiny preset's patch size and another width, saved in transformers format."""
     from transformers import Dinov2Config, Dinov2Model
@@ -128,10 +135,7 @@ def test_feature_projection_for_a_frozen_reference_of_another_width(tmp_path):
     assert (projection.in_features, projection.out_features) == (model.config.backbone_config.hidden_size, 48)
     objective = StudentObjective(StudentObjectiveConfig(perturb=PerturbConfig(enabled=False)), DEPTH_UP_TO_SCALE,
                                  pseudo_group=0, frozen_encoder=frozen)
-    b, h, w = 2, 28, 42
-    batch = {"image": torch.randint(0, 255, (b, 3, h, w), dtype=torch.uint8), "target": torch.rand(b, h, w) + 0.5,
-             "valid": torch.ones(b, h, w, dtype=torch.bool), "confidence": torch.ones(b, h, w),
-             "group": torch.zeros(b, dtype=torch.long), "space": ["depth"] * b, "geometry": ["uts"] * b}
+    batch = pseudo_batch()
     loss, logs = objective(model, batch)
     loss.backward()
     assert logs["feature"] > 0 and projection.weight.grad.abs().sum() > 0
@@ -199,10 +203,7 @@ def _projection_grads_under_ddp(rank: int, world: int, port: int, out: str):
     objective = StudentObjective(StudentObjectiveConfig(perturb=PerturbConfig(enabled=False)), DEPTH_UP_TO_SCALE,
                                  pseudo_group=0, frozen_encoder=frozen)
     torch.manual_seed(100 + rank)  # different data on each rank
-    b, h, w = 2, 28, 42
-    batch = {"image": torch.randint(0, 255, (b, 3, h, w), dtype=torch.uint8), "target": torch.rand(b, h, w) + 0.5,
-             "valid": torch.ones(b, h, w, dtype=torch.bool), "confidence": torch.ones(b, h, w),
-             "group": torch.zeros(b, dtype=torch.long), "space": ["depth"] * b, "geometry": ["uts"] * b}
+    batch = pseudo_batch()
     loss, _ = objective(ddp, batch)
     loss.backward()
     torch.save({"projection": model.training_heads["feature_projection"].weight.grad,
