@@ -165,8 +165,9 @@ def summary_rows(data: Path) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
         rows.append((name, np.asarray(Image.open(data / "photos" / f"{name}.jpg").convert("RGB")), None))
     moto = FolderReader(data / "middlebury-motorcycle")[0]
     rows.append(("motorcycle", moto.image, np.where(moto.valid, 1 / np.maximum(moto.target, 1e-6), 0)))
+    test_scenes = FolderReader(data / "test-synthetic")
     for i in (0, 1):
-        scene = FolderReader(data / "test-synthetic")[i]
+        scene = test_scenes[i]
         rows.append((f"synthetic {i}", scene.image, np.where(scene.valid, scene.target, 0)))
     if NYU_SAMPLE.is_dir():
         frame = NYUReader(NYU_SAMPLE)[0]
