@@ -17,15 +17,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from PIL import Image  # noqa: E402
+from PIL import Image
 
-from distill.data.loading import DataConfig, DatasetConfig, GroupConfig, build_train_loader, collate  # noqa: E402
-from distill.data.readers import FolderReader  # noqa: E402
-from distill.data.synthetic import write_dataset  # noqa: E402
-from distill.data.transforms import TrainTransform, sample_to_tensors  # noqa: E402
-from pseudolabel.shards import ShardReader  # noqa: E402
+from distill.data.loading import DataConfig, DatasetConfig, GroupConfig, build_train_loader, collate
+from distill.data.readers import FolderReader
+from distill.data.synthetic import write_dataset
+from distill.data.transforms import TrainTransform, sample_to_tensors
+from distill.data.shards import ShardReader
 
 
 def make_corpus(root: str, n: int, image_format: str) -> None:
@@ -44,7 +43,7 @@ def make_shards(corpus: str, out: str) -> None:
     from distill.models import build_model, save_model
     from distill.spaces import DEPTH_UP_TO_SCALE
     from pseudolabel.job import run
-    from pseudolabel.options import PseudolabelConfig
+    from pseudolabel.config import PseudolabelConfig
 
     torch.manual_seed(0)
     teacher = save_model(build_model("tiny", DEPTH_UP_TO_SCALE), os.path.join(out, "teacher"))

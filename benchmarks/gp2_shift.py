@@ -17,18 +17,17 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from distill.config import load_config  # noqa: E402
-from distill.data.synthetic import SyntheticReader  # noqa: E402
-from distill.engine import train  # noqa: E402
-from distill.evaluation import evaluate_samples  # noqa: E402
-from distill.models import load_depth_model  # noqa: E402
-from distill.spaces import DEPTH_UP_TO_SCALE  # noqa: E402
-from distill.train_teacher import TeacherConfig  # noqa: E402
-from teacher.objective import TeacherObjective  # noqa: E402
+from distill.config import load_config
+from distill.data.synthetic import SyntheticReader
+from distill.engine import train
+from distill.evaluation import evaluate_samples, mean_metrics
+from distill.models import load_depth_model
+from distill.spaces import DEPTH_UP_TO_SCALE
+from teacher.config import TeacherConfig
+from teacher.objective import TeacherObjective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIXTURE = (
@@ -48,6 +47,11 @@ class ConstantDepth(torch.nn.Module):
     def forward(self, pixel_values):
         b, _, h, w = pixel_values.shape
         return type("Out", (), {"predicted_depth": torch.ones(b, h, w)})()
+
+
+def score(model, samples, protocol: str, size: int) -> dict:
+    """Mean metrics through the project's one evaluation loop (no benchmark crop or cap)."""
+    return mean_metrics(evaluate_samples(model, samples, DEPTH_UP_TO_SCALE, protocol=protocol, size=size))
 
 
 def main():
@@ -70,16 +74,11 @@ def main():
         )
         start = time.perf_counter()
         final = train(cfg, TeacherObjective(cfg.objective), DEPTH_UP_TO_SCALE)
-        model = load_depth_model(final)
-        rows[name] = {
-            "scale-log": evaluate_samples(model, samples, DEPTH_UP_TO_SCALE, "scale-log", cfg.data.crop_size),
-            "affine-disparity": evaluate_samples(model, samples, DEPTH_UP_TO_SCALE, "affine-disparity", cfg.data.crop_size),
-            "train_s": time.perf_counter() - start,
-        }
+        model = load_depth_model(final).eval()
+        rows[name] = {p: score(model, samples, p, cfg.data.crop_size) for p in ("scale-log", "affine-disparity")}
+        rows[name]["train_s"] = time.perf_counter() - start
     constant = ConstantDepth()
-    rows["constant depth"] = {
-        p: evaluate_samples(constant, samples, DEPTH_UP_TO_SCALE, p, 112) for p in ("scale-log", "affine-disparity")
-    }
+    rows["constant depth"] = {p: score(constant, samples, p, 112) for p in ("scale-log", "affine-disparity")}
 
     print(f"\nheld-out metric synthetic scenes: {len(samples)}, training steps: {args.steps}, mixture UTS 1 : UTSS 4")
     print(f"{'model':18s} {'scale-log AbsRel':>17s} {'scale-log d1':>13s} {'affine-disp AbsRel':>19s} {'affine-disp d1':>15s}")

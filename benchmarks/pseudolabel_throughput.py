@@ -37,7 +37,6 @@ import threading
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 PHOTOS = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "photos"))
 JOB_LINE = re.compile(r"(\d+) labeled, (\d+) skipped, (\d+) shards in ([\d.]+) s")
 
@@ -87,7 +86,7 @@ def measure_bare(model_dir: str, files: list[str], batch_size: int, streams: int
     import torch  # noqa: PLC0415
 
     from distill.data.formats import read_rgb  # noqa: PLC0415
-    from distill.data.transforms import normalize_images, resize_for_inference  # noqa: PLC0415
+    from distill.preprocessing import normalize_images, resize_for_inference  # noqa: PLC0415
     from distill.models import load_depth_model  # noqa: PLC0415
 
     model = load_depth_model(model_dir).eval()
@@ -123,7 +122,7 @@ def measure_bare(model_dir: str, files: list[str], batch_size: int, streams: int
 
 def in_subprocess(kind: str, model_dir: str, files: list[str], batch_size: int, env: dict, streams: int = 1) -> float:
     args = f", {batch_size}, {streams}" if kind == "bare" else ""
-    code = (f"import sys, json; sys.path.insert(0, {ROOT!r}); sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r});"
+    code = (f"import sys, json; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r});"
             f"import pseudolabel_throughput as b; files = json.load(open(sys.argv[1]));"
             f"print('RESULT', b.measure_{kind}({model_dir!r}, files{args}))")
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:

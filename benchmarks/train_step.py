@@ -21,16 +21,15 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from distill.config import load_config, save_config  # noqa: E402
-from distill.data.loading import build_train_loader  # noqa: E402
-from distill.data.transforms import normalize_images  # noqa: E402
-from distill.engine import make_model, make_optimizer  # noqa: E402
-from distill.train_teacher import TeacherConfig  # noqa: E402
-from distill.spaces import DEPTH_UP_TO_SCALE  # noqa: E402
+from distill.config import load_config, save_config
+from distill.data.loading import build_train_loader
+from distill.preprocessing import normalize_images
+from distill.engine import make_model, make_optimizer
+from teacher.config import TeacherConfig
+from distill.spaces import DEPTH_UP_TO_SCALE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (crop, batch, steps, log window, scene height, width) per preset: a reduced crop keeps ViT-S short
@@ -66,7 +65,7 @@ def pseudo_label_shards(preset: str, root: str) -> str:
     from distill.data.synthetic import write_dataset
     from distill.models import build_model, save_model
     from pseudolabel.job import run
-    from pseudolabel.options import PseudolabelConfig
+    from pseudolabel.config import PseudolabelConfig
 
     _, _, _, _, height, width = SETTINGS[preset]
     write_dataset(os.path.join(root, "scenes"), 48, seed=5, size=(height, width))
@@ -79,7 +78,7 @@ def pseudo_label_shards(preset: str, root: str) -> str:
 
 
 def student_config(preset: str, output_dir: str, precision: str, shards: str):
-    from distill.train_student import StudentConfig
+    from student.config import StudentConfig
 
     return load_config(StudentConfig, os.path.join(ROOT, "configs", "student", "tiny.yaml"),
                        run_overrides(preset, output_dir, precision) + [f"data.groups.0.datasets.0.root={shards}"])
@@ -87,9 +86,9 @@ def student_config(preset: str, output_dir: str, precision: str, shards: str):
 
 def engine_samples_per_s(stage: str, cfg) -> float:
     if stage == "teacher":
-        from distill.train_teacher import main
+        from teacher.train import main
     else:
-        from distill.train_student import main
+        from student.train import main
     config_path = os.path.join(cfg.output_dir, "bench_config.yaml")
     os.makedirs(cfg.output_dir, exist_ok=True)
     save_config(cfg, config_path)

@@ -25,10 +25,11 @@ from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
 from tqdm.auto import tqdm
 
 from distill.config import save_config, to_dict
-from distill.data.loading import DataConfig, build_train_loader, build_val_loader
-from distill.evaluation import predict, score_batch
+from distill.data.loading import DataConfig, build_train_loader, build_val_sets
+from distill.evaluation import evaluate_samples, read_samples
 from distill.metrics import METRIC_NAMES
-from distill.models import build_model, freeze_unused_parameters, load_depth_model, save_model
+from distill.models import build_model, freeze_unused_parameters, load_preprocessing, resolve_model, resolve_reference, save_model
+from distill.preprocessing import DEFAULT, INPUT_SIZE, Preprocessing
 from distill.spaces import OutputSpace
 
 # Submodules a stage adds under ``model.training_heads`` (the student's feature projection) are
@@ -84,7 +85,7 @@ class TrainConfig:
 
 def make_model(cfg: ModelConfig, output_space: OutputSpace):
     if cfg.init_from:
-        model = load_depth_model(cfg.init_from, output_space=output_space)
+        model = resolve_model(cfg.init_from, output_space).model
     else:
         model = build_model(cfg.preset, output_space, cfg.max_depth, dinov2=cfg.dinov2)
     if cfg.gradient_checkpointing:
@@ -92,6 +93,12 @@ def make_model(cfg: ModelConfig, output_space: OutputSpace):
         enable()
     freeze_unused_parameters(model)
     return model
+
+
+def model_preprocessing(cfg: ModelConfig) -> Preprocessing:
+    """The input rule of the model ``make_model`` builds: a whole model's own image processor, else
+    the Depth Anything / DINOv2 defaults (ImageNet mean/std, patch 14)."""
+    return load_preprocessing(resolve_reference(cfg.init_from)) if cfg.init_from else DEFAULT
 
 
 def param_groups(model, cfg: OptimConfig) -> list[dict]:
@@ -250,22 +257,22 @@ def to_device(batch: dict, device) -> dict:
 
 
 @torch.no_grad()
-def validate(model, loader, output_space: OutputSpace, accelerator: Accelerator, protocol: str | None = None) -> dict:
-    """Metrics on the validation set with the protocol of the model's output space (per image,
-    averaged over all images of all ranks). Only samples whose targets are depth up to scale or
-    better are scored."""
+def validate(model, val_sets: list, output_space: OutputSpace, accelerator: Accelerator,
+             preprocessing: Preprocessing = DEFAULT, size: int = INPUT_SIZE, num_workers: int = 0) -> dict:
+    """Metrics on the validation sets through ``distill.evaluation.evaluate_samples`` (the one
+    evaluation loop, so ``val/abs_rel`` on NYU is what ``distill/evaluate.py --benchmark nyu``
+    prints): the protocol of the model's output space, each set's benchmark crop and depth range,
+    per image, averaged over all images of all ranks. Only samples whose targets are depth up to
+    scale or better are scored."""
     model.eval()
     sums = torch.zeros(len(METRIC_NAMES) + 1, device=accelerator.device, dtype=torch.float64)
-    for batch in loader:
-        if not bool(batch["complete"].all()):
-            continue
-        batch = to_device(batch, accelerator.device)
-        with accelerator.autocast():
-            pred = predict(model, batch["image"], batch["target"].shape[-2:])
-        m = score_batch(pred, batch, output_space, protocol)
-        valid = m.pop("valid")
-        sums[:-1] += torch.stack([m[k][valid].sum() for k in METRIC_NAMES])
-        sums[-1] += valid.sum()
+    for val in val_sets:
+        samples = (s for s in read_samples(val.reader, val.indices, num_workers) if s.complete)
+        rows = evaluate_samples(model, samples, output_space, preprocessing, val.benchmark, size=size,
+                                device=accelerator.device, autocast=accelerator.autocast)
+        for row in rows:
+            if not row["skipped"]:
+                sums += torch.tensor([row[k] for k in METRIC_NAMES] + [1.0], dtype=torch.float64, device=sums.device)
     model.train()
     sums = accelerator.reduce(sums, reduction="sum")
     count = float(sums[-1])
@@ -274,33 +281,44 @@ def validate(model, loader, output_space: OutputSpace, accelerator: Accelerator,
     return {f"val/{k}": float(v) / count for k, v in zip(METRIC_NAMES, sums[:-1])} | {"val/num_images": int(count)}
 
 
-# --- the loop -------------------------------------------------------------------------------------
+# --- the run: setup, resume, loop, export -----------------------------------------------------------
 
 
-def train(
-    cfg: TrainConfig,
-    objective: Callable,
-    output_space: OutputSpace,
-    model=None,
-    train_transforms=None,
-    extra_modules: tuple = (),
-):
-    """Run a training job to ``cfg.max_steps``; returns the path of the final model directory, or
-    None when a SIGTERM stopped it first (a checkpoint was written: continue with ``resume=latest``).
+@dataclass
+class Run:
+    """What ``setup`` builds and the loop uses."""
 
-    ``objective(model, batch) -> (loss, logs)``; ``extra_modules``: frozen modules the objective
-    uses (e.g. the student's frozen DINOv2), moved to the device but not trained or saved.
-    """
-    check_output_dir(cfg)
+    accelerator: Accelerator
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    loader: object
+    sampler: object
+    val_sets: list
+    micro_batch: int
+    preprocessing: Preprocessing
+    step: int = 0
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
     # Distributed on CPU (tests, DeepSpeed without GPUs) needs the gloo backend.
     cpu_distributed = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    accelerator = Accelerator(
+    return Accelerator(
         mixed_precision=cfg.precision,
         gradient_accumulation_steps=cfg.grad_accum,
         log_with=None if cfg.tracker == "none" else cfg.tracker,
         project_dir=cfg.output_dir,
+        # the engine steps the schedule once per optimizer step itself (accelerate would step it once per process)
+        step_scheduler_with_optimizer=False,
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_distributed else [],
     )
+
+
+def setup(cfg: TrainConfig, output_space: OutputSpace, model=None, train_transforms=None, extra_modules: tuple = (),
+          preprocessing: Preprocessing = DEFAULT) -> Run:
+    """Accelerator, output directory, model, optimizer, schedule and data, all prepared."""
+    check_output_dir(cfg)
+    accelerator = make_accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
     if cfg.overwrite and not cfg.resume and accelerator.is_main_process:
         remove_earlier_run(cfg.output_dir)
@@ -316,109 +334,168 @@ def train(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.max_steps, cfg.optim))
     if cfg.compile:
         model = torch.compile(model)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     for module in extra_modules:
         module.to(accelerator.device).eval().requires_grad_(False)
-
     loader, sampler = build_train_loader(cfg.data, micro_batch, cfg.seed, rank, world, train_transforms)
-    val_loader = build_val_loader(cfg.data, rank, world)
+    val_sets = build_val_sets(cfg.data, rank, world)
+    return Run(accelerator, model, optimizer, scheduler, loader, sampler, val_sets, micro_batch, preprocessing)
 
-    step = 0
+
+def resume(run: Run, cfg: TrainConfig) -> int:
+    """Model, optimizer, schedule and RNG from a checkpoint (``save_state``), and this rank's position
+    in the data mixture; returns the step to continue from (0 for a fresh run)."""
     resume_dir = resolve_resume(cfg.resume, cfg.output_dir)
-    if resume_dir:
-        accelerator.load_state(resume_dir)
-        with open(os.path.join(resume_dir, "trainer_state.json")) as f:
-            state = json.load(f)
-        step = state["step"]
-        sampler_file = os.path.join(resume_dir, f"sampler_rank{rank}.json")
-        with open(sampler_file) as f:
-            sampler.load_state(json.load(f))
-        # the optimizer state restored the learning rates; the schedule continues from ``step``
-        scheduler.last_epoch = step
-        scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-    if accelerator.is_main_process:
-        os.makedirs(cfg.output_dir, exist_ok=True)
-        save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
-        if cfg.tracker != "none":
-            flat = {k: v for k, v in _flatten(to_dict(cfg)).items() if isinstance(v, (int, float, str, bool))}
-            accelerator.init_trackers(os.path.basename(os.path.abspath(cfg.output_dir)) or "train", config=flat)
-        accelerator.print(f"training {type(accelerator.unwrap_model(model)).__name__} on {world} process(es), "
-                          f"batch {cfg.batch_size} = {world} x {cfg.grad_accum} x {micro_batch}, from step {step}")
+    if not resume_dir:
+        return 0
+    run.accelerator.load_state(resume_dir)
+    with open(os.path.join(resume_dir, "trainer_state.json")) as f:
+        step = json.load(f)["step"]
+    with open(os.path.join(resume_dir, f"sampler_rank{run.accelerator.process_index}.json")) as f:
+        run.sampler.load_state(json.load(f))
+    return step
 
-    preemption = _Preemption()
-    log_path = os.path.join(cfg.output_dir, "metrics.jsonl")
-    progress = tqdm(total=cfg.max_steps, initial=step, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    data_iter = iter(loader)
-    seen = bad = 0
-    window_loss, window_count, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
-    model.train()
-    while step < cfg.max_steps:
-        for _ in range(cfg.grad_accum):
-            batch = next(data_iter)
-            seen += len(batch["key"]) + len(batch["bad_samples"])
-            bad += len(batch["bad_samples"])
-            for report in batch["bad_samples"]:
-                _append_jsonl(os.path.join(cfg.output_dir, f"bad_samples_rank{rank}.jsonl"), {"step": step, "error": report})
-            batch = to_device(batch, accelerator.device)
-            with accelerator.accumulate(model):
-                with accelerator.autocast():
-                    loss, logs = objective(model, batch)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            window_loss += loss.detach().float().item()
-            window_count += 1
-            window_samples += micro_batch * world
-        scheduler.step()
-        step += 1
+
+def start_logging(run: Run, cfg: TrainConfig) -> None:
+    """config.yaml, trackers and the opening line, on the main process."""
+    accelerator = run.accelerator
+    if not accelerator.is_main_process:
+        return
+    os.makedirs(cfg.output_dir, exist_ok=True)
+    save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
+    if cfg.tracker != "none":
+        flat = {k: v for k, v in _flatten(to_dict(cfg)).items() if isinstance(v, (int, float, str, bool))}
+        accelerator.init_trackers(os.path.basename(os.path.abspath(cfg.output_dir)) or "train", config=flat)
+    world = accelerator.num_processes
+    accelerator.print(f"training {type(accelerator.unwrap_model(run.model)).__name__} on {world} process(es), "
+                      f"batch {cfg.batch_size} = {world} x {cfg.grad_accum} x {run.micro_batch}, from step {run.step}")
+
+
+class BadSamples:
+    """Counts the samples the loader could not read, records them per rank, and stops the run past
+    ``data.max_bad_fraction``."""
+
+    def __init__(self, cfg: TrainConfig, rank: int):
+        self.path = os.path.join(cfg.output_dir, f"bad_samples_rank{rank}.jsonl")
+        self.max_fraction, self.seen, self.bad = cfg.data.max_bad_fraction, 0, 0
+
+    def add(self, batch: dict, step: int) -> None:
+        self.seen += len(batch["key"]) + len(batch["bad_samples"])
+        self.bad += len(batch["bad_samples"])
+        for report in batch["bad_samples"]:
+            _append_jsonl(self.path, {"step": step, "error": report})
+
+    def check(self) -> None:
+        if self.seen >= 100 and self.bad / self.seen > self.max_fraction:
+            raise RuntimeError(f"{self.bad} of {self.seen} samples could not be read (> data.max_bad_fraction = "
+                               f"{self.max_fraction}); see {self.path}")
+
+
+def optimizer_step(run: Run, cfg: TrainConfig, objective: Callable, data_iter, bad: BadSamples):
+    """One optimizer step over ``grad_accum`` micro-batches; returns (summed loss on the device, the
+    last micro-batch's loss and logs). Nothing leaves the device here."""
+    accelerator, model = run.accelerator, run.model
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for _ in range(cfg.grad_accum):
+        batch = next(data_iter)
+        bad.add(batch, run.step)
+        batch = to_device(batch, accelerator.device)
+        with accelerator.accumulate(model):
+            with accelerator.autocast():
+                loss, logs = objective(model, batch)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and cfg.optim.grad_clip > 0:
+                accelerator.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            run.optimizer.step()
+            run.optimizer.zero_grad(set_to_none=True)
+        loss_sum += loss.detach().double()
+    run.scheduler.step()
+    return loss_sum, loss, logs
+
+
+def preemption_requested(run: Run, preemption: "_Preemption") -> bool:
+    """Whether any rank got SIGTERM/SIGINT (a collective only when there are several ranks)."""
+    if run.accelerator.num_processes == 1:
+        return preemption.requested
+    flag = torch.tensor(float(preemption.requested), device=run.accelerator.device)
+    return run.accelerator.reduce(flag, "max").item() > 0
+
+
+def train_loop(run: Run, cfg: TrainConfig, objective: Callable, output_space: OutputSpace) -> bool:
+    """Steps to ``max_steps`` with logging, validation and checkpoints; returns False when a
+    preemption stopped it first (after writing a checkpoint)."""
+    accelerator = run.accelerator
+    preemption, bad = _Preemption(), BadSamples(cfg, accelerator.process_index)
+    progress = tqdm(total=cfg.max_steps, initial=run.step, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    data_iter = iter(run.loader)
+    window_loss, window_micro, window_start = 0.0, 0, time.perf_counter()
+    run.model.train()
+    stopped = False
+    while run.step < cfg.max_steps and not stopped:
+        loss_sum, loss, logs = optimizer_step(run, cfg, objective, data_iter, bad)
+        window_loss, window_micro = window_loss + loss_sum, window_micro + cfg.grad_accum
+        run.step += 1
         progress.update(1)
-        if seen >= 100 and bad / seen > cfg.data.max_bad_fraction:
-            raise RuntimeError(
-                f"{bad} of {seen} samples could not be read (> data.max_bad_fraction = {cfg.data.max_bad_fraction}); "
-                f"see {cfg.output_dir}/bad_samples_rank{rank}.jsonl"
-            )
-
-        record = {}
-        is_last = step == cfg.max_steps
-        if step % cfg.log_every == 0 or is_last:
-            mean_loss = accelerator.reduce(torch.tensor(window_loss / window_count, device=accelerator.device), "mean").item()
+        bad.check()
+        record, is_last = {}, run.step == cfg.max_steps
+        if run.step % cfg.log_every == 0 or is_last:
+            mean_loss = accelerator.reduce((window_loss / window_micro).float(), "mean").item()
             elapsed = time.perf_counter() - window_start
-            record = {"step": step, "loss": mean_loss, "lr": scheduler.get_last_lr()[0], "samples_per_s": window_samples / elapsed}
+            record = {"step": run.step, "loss": mean_loss, "lr": run.scheduler.get_last_lr()[0],
+                      "samples_per_s": window_micro * run.micro_batch * accelerator.num_processes / elapsed}
             record.update({k: float(v) for k, v in logs.items()})
             progress.set_postfix(loss=f"{mean_loss:.4f}", samples_s=f"{record['samples_per_s']:.1f}")
-            window_loss, window_count, window_start, window_samples = 0.0, 0, time.perf_counter(), 0
-        if val_loader is not None and ((cfg.eval_every and step % cfg.eval_every == 0) or is_last):
-            record = record or {"step": step, "loss": loss.detach().float().item()}
-            record.update(validate(model, val_loader, output_space, accelerator))
+            window_loss, window_micro, window_start = 0.0, 0, time.perf_counter()
+        if run.val_sets and ((cfg.eval_every and run.step % cfg.eval_every == 0) or is_last):
+            record = record or {"step": run.step, "loss": loss.detach().float().item()}
+            record.update(validate(run.model, run.val_sets, output_space, accelerator, run.preprocessing,
+                                   cfg.data.crop_size, min(cfg.data.num_workers, 2)))
         if record and accelerator.is_main_process:
-            _append_jsonl(log_path, record)
+            _append_jsonl(os.path.join(cfg.output_dir, "metrics.jsonl"), record)
             if cfg.tracker != "none":
-                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=step)
-
-        stop = accelerator.reduce(torch.tensor(float(preemption.requested), device=accelerator.device), "max").item() > 0
-        if (cfg.save_every and step % cfg.save_every == 0) or is_last or stop:
-            save_checkpoint(accelerator, cfg, step, sampler)
-        if stop:
-            accelerator.print(f"preempted: checkpoint at step {step} saved; resume with resume=latest")
-            break
+                accelerator.log({k: v for k, v in record.items() if k != "step"}, step=run.step)
+        stopped = preemption_requested(run, preemption)
+        if (cfg.save_every and run.step % cfg.save_every == 0) or is_last or stopped:
+            save_checkpoint(accelerator, cfg, run.step, run.sampler)
+        if stopped:
+            accelerator.print(f"preempted: checkpoint at step {run.step} saved; resume with resume=latest")
     progress.close()
     preemption.restore()
+    return run.step >= cfg.max_steps
 
+
+def export(run: Run, cfg: TrainConfig, output_space: OutputSpace) -> str:
+    """The final model in transformers format (training-only heads left out) in ``final/``."""
+    accelerator = run.accelerator
     final_dir = os.path.join(cfg.output_dir, "final")
-    if step >= cfg.max_steps:
-        accelerator.wait_for_everyone()
-        state_dict = accelerator.get_state_dict(model)
-        if state_dict is not None:  # training-only heads (e.g. the student's feature projection) stay out
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_HEADS)}
-        if accelerator.is_main_process:
-            unwrapped = accelerator.unwrap_model(model)
-            unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
-            save_model(unwrapped, final_dir, output_space, state_dict=state_dict)
-            save_config(cfg, os.path.join(final_dir, "training_config.yaml"))
-    accelerator.end_training()
-    return final_dir if step >= cfg.max_steps else None
+    accelerator.wait_for_everyone()
+    state_dict = accelerator.get_state_dict(run.model)
+    if state_dict is not None:  # training-only heads (e.g. the student's feature projection) stay out
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_HEADS)}
+    if accelerator.is_main_process:
+        unwrapped = accelerator.unwrap_model(run.model)
+        unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
+        save_model(unwrapped, final_dir, output_space, state_dict=state_dict, preprocessing=run.preprocessing)
+        save_config(cfg, os.path.join(final_dir, "training_config.yaml"))
+    return final_dir
+
+
+def train(cfg: TrainConfig, objective: Callable, output_space: OutputSpace, model=None, train_transforms=None,
+          extra_modules: tuple = (), preprocessing: Preprocessing = DEFAULT):
+    """Run a training job to ``cfg.max_steps``; returns the path of the final model directory, or
+    None when a SIGTERM stopped it first (a checkpoint was written: continue with ``resume=latest``).
+
+    ``objective(model, batch) -> (loss, logs)``; ``extra_modules``: frozen modules the objective
+    uses (e.g. the student's frozen DINOv2), moved to the device but not trained or saved;
+    ``preprocessing``: the model's input rule (validation and the exported image processor).
+    """
+    run = setup(cfg, output_space, model, train_transforms, extra_modules, preprocessing)
+    run.step = resume(run, cfg)
+    start_logging(run, cfg)
+    finished = train_loop(run, cfg, objective, output_space)
+    final = export(run, cfg, output_space) if finished else None
+    run.accelerator.end_training()
+    return final
 
 
 def save_checkpoint(accelerator: Accelerator, cfg: TrainConfig, step: int, sampler) -> str:

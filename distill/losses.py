@@ -17,7 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-EPS = 1e-6
+from distill.alignment import lsq_scale_shift, masked_mean, masked_median, normalize_mean_std, normalize_median_mad
+
+EPS = 1e-6  # floor of normalisers
 _LOW_PRECISION = (torch.float16, torch.bfloat16)
 
 
@@ -39,55 +41,6 @@ def _float32(fn):
 def _zero(like: torch.Tensor) -> torch.Tensor:
     """A zero that stays attached to the graph, so backward() works and gives zero gradients."""
     return (like * 0.0).sum()
-
-
-# --- masked statistics ----------------------------------------------------------------------------
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean over the last dimension of [N, P] where mask is true; 0 for empty rows."""
-    count = mask.sum(-1)
-    return torch.where(mask, x, torch.zeros_like(x)).sum(-1) / count.clamp_min(1)
-
-
-def masked_median(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Lower median (as ``torch.median``) over the last dimension of [N, P]; 0 for empty rows."""
-    med = torch.where(mask, x, torch.full_like(x, float("nan"))).nanmedian(dim=-1).values
-    return torch.where(mask.any(-1), med, torch.zeros_like(med))
-
-
-def lsq_scale_shift(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
-    """Per row of [N, P]: s, t minimising sum mask * (s * pred + t - target)^2 (closed form).
-
-    s = t = 0 where the 2x2 system is degenerate (fewer than two distinct valid predictions).
-    """
-    m = mask.to(pred.dtype)
-    a00 = (m * pred * pred).sum(-1)
-    a01 = (m * pred).sum(-1)
-    a11 = m.sum(-1)
-    b0 = (m * pred * target).sum(-1)
-    b1 = (m * target).sum(-1)
-    det = a00 * a11 - a01 * a01
-    # Relative test: det is a variance times count^2, so compare with the scale of the inputs.
-    ok = det > 1e-12 * (a00 * a11).clamp_min(torch.finfo(pred.dtype).tiny)
-    safe_det = torch.where(ok, det, torch.ones_like(det))
-    scale = torch.where(ok, (a11 * b0 - a01 * b1) / safe_det, torch.zeros_like(det))
-    shift = torch.where(ok, (a00 * b1 - a01 * b0) / safe_det, torch.zeros_like(det))
-    return scale, shift
-
-
-def normalize_median_mad(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(x - median) / mean|x - median| per row of [N, P] over valid entries (MiDaS / Depth Anything V1)."""
-    med = masked_median(x, mask)[:, None]
-    mad = masked_mean((x - med).abs(), mask)[:, None]
-    return (x - med) / mad.clamp_min(EPS)
-
-
-def normalize_mean_std(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(x - mean) / std per row of [N, P] over valid entries (population std; GP2's UTSS alignment)."""
-    mean = masked_mean(x, mask)[:, None]
-    std = masked_mean((x - mean) ** 2, mask).clamp_min(0).sqrt()[:, None]
-    return (x - mean) / std.clamp_min(EPS)
 
 
 def drop_largest_losses(loss: torch.Tensor, mask: torch.Tensor, fraction: float = 0.1) -> torch.Tensor:

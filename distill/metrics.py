@@ -9,12 +9,12 @@ import math
 
 import torch
 
-from distill.losses import lsq_scale_shift, masked_median
+from distill.alignment import align_lsq, align_median_log, as_batch
 
 MIN_VALID_PIXELS = 10
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
 # Ground-truth depth range (metres) of each benchmark; its crop is in ``BENCHMARK_CROP`` below.
-# nyu, kitti: fixed by RECIPE.md. eth3d (1e-5 .. inf) and diode (0.6 .. 350 m): the ranges of the
+# nyu, kitti: fixed by docs/RECIPE.md. eth3d (1e-5 .. inf) and diode (0.6 .. 350 m): the ranges of the
 # Marigold evaluation code, which later relative-depth papers reuse. sintel (1e-3 .. 72 m): an
 # assumption (the MiDaS-era cap; Sintel's sky and far background would otherwise dominate).
 BENCHMARK_DEPTH_RANGE = {
@@ -26,41 +26,6 @@ BENCHMARK_DEPTH_RANGE = {
 }
 
 
-def _batched(*tensors):
-    """Lift [H, W] inputs to [1, H, W]; report whether to squeeze the outputs back."""
-    squeeze = tensors[0].dim() == 2
-    return [t[None] if squeeze else t for t in tensors], squeeze
-
-
-def align_lsq(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor):
-    """Least-squares scale and shift of ``pred`` onto ``target`` per image over valid pixels.
-
-    [H, W] or [B, H, W]. Returns (aligned prediction, scale, shift); the MiDaS / Depth Anything
-    protocol applies it to disparities. Solved in float64.
-    """
-    (p, t, m), squeeze = _batched(pred, target, mask)
-    p64, t64 = p.double().flatten(1), t.double().flatten(1)
-    m = m.bool().flatten(1) & torch.isfinite(t64)
-    t64 = torch.where(m, t64, torch.zeros_like(t64))
-    scale, shift = lsq_scale_shift(p64, t64, m)
-    aligned = (scale[:, None] * p64 + shift[:, None]).reshape(p.shape).to(pred.dtype)
-    if squeeze:
-        return aligned[0], scale[0], shift[0]
-    return aligned, scale, shift
-
-
-def align_median_log(pred_depth: torch.Tensor, gt_depth: torch.Tensor, mask: torch.Tensor):
-    """Scale-only alignment (GP2 protocol): add median(log gt - log pred) over valid pixels to the
-    predicted log-depth. [H, W] or [B, H, W]. Returns (aligned depth, scale)."""
-    (p, g, m), squeeze = _batched(pred_depth, gt_depth, mask)
-    p64, g64 = p.double().flatten(1), g.double().flatten(1)
-    m = m.bool().flatten(1) & torch.isfinite(g64) & (g64 > 0) & (p64 > 0)
-    diff = torch.where(m, g64.clamp_min(1e-12).log() - p64.clamp_min(1e-12).log(), torch.zeros_like(p64))
-    scale = torch.exp(masked_median(diff, m))
-    aligned = (p64 * scale[:, None]).reshape(p.shape).to(pred_depth.dtype)
-    return (aligned[0], scale[0]) if squeeze else (aligned, scale)
-
-
 def per_image_metrics(pred_depth: torch.Tensor, gt_depth: torch.Tensor, mask: torch.Tensor) -> dict:
     """Each metric as a float64 tensor [B], plus ``valid`` (bool [B]: at least 10 valid pixels).
 
@@ -68,7 +33,7 @@ def per_image_metrics(pred_depth: torch.Tensor, gt_depth: torch.Tensor, mask: to
     logs stay finite. silog = sqrt(mean d^2 - 0.5 (mean d)^2), d = log gt - log pred (Depth Anything
     V2's definition); d_k = fraction with max(p/g, g/p) < 1.25^k.
     """
-    (p, g, m), _ = _batched(pred_depth, gt_depth, mask)
+    (p, g, m), _ = as_batch(pred_depth, gt_depth, mask)
     p, g = p.double().flatten(1), g.double().flatten(1)
     m = m.bool().flatten(1) & torch.isfinite(g) & (g > 0)
     g = torch.where(m, g, torch.ones_like(g))
@@ -166,7 +131,7 @@ def protocol_depth(pred, output_space, gt_depth, mask, protocol: str | None = No
     ``affine-disparity`` (Depth Anything / MiDaS): least-squares scale and shift of the predicted
     disparity onto 1 / gt, then back to depth. ``scale-log`` (GP2): median log-ratio scale of the
     predicted depth. ``metric``: the predicted depth as is. The result is clamped to
-    ``depth_range`` (min, max), by default each image's valid ground-truth range.
+    ``depth_range`` (min, max; a benchmark's fixed range) when given, else left as it is.
     """
     from distill.spaces import to_depth, to_disparity
 
@@ -182,11 +147,6 @@ def protocol_depth(pred, output_space, gt_depth, mask, protocol: str | None = No
         depth, _ = align_median_log(to_depth(pred, output_space.space).float(), gt_depth.float(), mask)
     else:
         depth = to_depth(pred, output_space.space).float()
-    if depth_range is not None:
-        return depth.clamp(*depth_range)
-    flat_gt, flat_mask = gt_depth.flatten(-2), mask.flatten(-2)
-    lo = torch.where(flat_mask, flat_gt, torch.full_like(flat_gt, float("inf"))).amin(-1)
-    hi = torch.where(flat_mask, flat_gt, torch.full_like(flat_gt, -float("inf"))).amax(-1)
-    lo = torch.where(torch.isfinite(lo), lo, torch.zeros_like(lo))[..., None, None].to(depth.dtype)
-    hi = torch.where(torch.isfinite(hi), hi, torch.full_like(hi, float("inf")))[..., None, None].to(depth.dtype)
-    return torch.maximum(torch.minimum(depth, hi), lo)
+    # Only a benchmark's fixed, published range: nothing may read this image's ground truth to shape
+    # the prediction beyond the protocol's alignment.
+    return depth.clamp(*depth_range) if depth_range is not None else depth

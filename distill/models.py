@@ -1,9 +1,11 @@
 """Depth Anything models (DINOv2 ViT encoder + DPT decoder) built from `transformers` classes.
 
-Three ways in, all through real loading code:
+Ways in, all through real loading code:
 - ``build_model(preset, dinov2=...)``: encoder from DINOv2 weights (hub id or directory), decoder random;
-- ``load_depth_model(name_or_dir)``: a whole depth checkpoint in transformers format;
-- ``load_original_checkpoint(path, preset)``: an original Depth Anything V2 ``.pth``/``.safetensors``.
+- ``resolve_model(ref)``: the one resolver every command uses for an existing model: a training run
+  directory (its ``final/``), a model directory, a hub id, or an original Depth Anything ``.pth`` /
+  ``.safetensors`` file (with a preset); returns the model, its output space and its preprocessing
+  (from its own image processor). Built on ``load_depth_model`` and ``load_original_checkpoint``.
 
 ``save_model`` writes a directory that ``AutoModelForDepthEstimation.from_pretrained`` and
 ``pipeline("depth-estimation")`` load with no custom code; the output space rides along as two extra
@@ -12,6 +14,7 @@ Three ways in, all through real loading code:
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 
 import torch
@@ -24,12 +27,10 @@ from transformers import (
     DPTImageProcessor,
 )
 
+from distill.config import ConfigError
+from distill.preprocessing import INPUT_SIZE, PATCH_SIZE, Preprocessing, patch_size_of
 from distill.spaces import METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-PATCH_SIZE = 14
-INPUT_SIZE = 518
 
 
 @dataclass(frozen=True)
@@ -182,33 +183,111 @@ def load_depth_model(name_or_dir: str, output_space: OutputSpace | None = None, 
     return model
 
 
-def image_processor(size: int = INPUT_SIZE) -> DPTImageProcessor:
-    """The transformers image processor matching the recipe: keep aspect, sides multiples of 14
-    around ``size``, bicubic, /255, ImageNet mean/std. (It picks the scale closest to 1 that reaches
-    the target on one side, where the original code makes the shorter side at least ``size``.)"""
+class ModelError(ConfigError):
+    """A model reference that cannot be resolved or loaded: one line naming it."""
+
+
+WEIGHT_FILES = (".pth", ".pt", ".safetensors")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def resolve_reference(ref: str) -> str:
+    """Where a model reference points, checked without loading anything: a run directory becomes its
+    ``final/``, local paths become absolute, a hub id stays as is. Raises ModelError (one line)."""
+    ref = os.fspath(ref)
+    if os.path.isfile(ref) and ref.endswith(WEIGHT_FILES):
+        return os.path.abspath(ref)
+    if os.path.isdir(ref):
+        for candidate in (ref, os.path.join(ref, "final")):
+            if os.path.isfile(os.path.join(candidate, "config.json")):
+                return os.path.abspath(candidate)
+        raise ModelError(f"{ref}: not a model directory (no config.json) nor a training run (no final/config.json)")
+    if os.path.exists(ref) or ref.startswith((".", "/", "~")) or ref.endswith(WEIGHT_FILES) or not _HUB_ID.match(ref):
+        raise ModelError(f"{ref}: not a model directory, a training run, a {'/'.join(WEIGHT_FILES)} file nor a hub id")
+    return ref
+
+
+@dataclass
+class ResolvedModel:
+    model: torch.nn.Module
+    output_space: OutputSpace
+    preprocessing: Preprocessing
+    reference: str  # what ``resolve_reference`` made of the name
+
+
+def load_preprocessing(reference: str, config=None) -> Preprocessing:
+    """The model's own image processor (``preprocessor_config.json`` of a directory or hub id) as a
+    ``Preprocessing``; a model without one gets the Depth Anything defaults with its patch size."""
+    from transformers import AutoImageProcessor  # noqa: PLC0415
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(reference)
+    except (OSError, ValueError, KeyError):
+        return Preprocessing(multiple=patch_size_of(config), source=f"default (no image processor for {reference})")
+    return Preprocessing.from_image_processor(processor, config, source=f"image processor of {reference}")
+
+
+def resolve_model(ref: str, output_space: OutputSpace | None = None, preset: str | None = None,
+                  max_depth: int | None = None) -> ResolvedModel:
+    """Load a model from any reference ``resolve_reference`` accepts (see the module docstring).
+    ``output_space`` overrides what the model records; ``preset`` (and ``max_depth`` for a metric
+    head) is required for original weight files, whose state dict does not name its size."""
+    reference = resolve_reference(ref)
+    try:
+        if reference.endswith(WEIGHT_FILES):
+            if preset is None:
+                raise ModelError(f"{ref}: an original Depth Anything weight file needs a preset ({', '.join(PRESETS)})")
+            model = load_original_checkpoint(reference, preset, output_space or RELATIVE_DISPARITY, max_depth)
+            preprocessing = Preprocessing(source=f"Depth Anything defaults for {reference}")
+        else:
+            model = load_depth_model(reference, output_space)
+            preprocessing = load_preprocessing(reference, model.config)
+    except ModelError:
+        raise
+    except (OSError, ValueError, KeyError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"cannot load model {ref!r}: {first}") from None
+    return ResolvedModel(model, output_space_of(model.config), preprocessing, reference)
+
+
+def image_processor(size: int = INPUT_SIZE, preprocessing: Preprocessing | None = None) -> DPTImageProcessor:
+    """The transformers image processor written next to a model: keep aspect, sides multiples of the
+    model's size multiple around ``size``, bicubic, the model's rescale and mean/std (Depth Anything's
+    ImageNet values by default). (It picks the scale closest to 1 that reaches the target on one side,
+    where ``distill.preprocessing`` makes the shorter side at least ``size``.)"""
+    p = preprocessing or Preprocessing()
     return DPTImageProcessor(
         do_resize=True,
         size={"height": size, "width": size},
         keep_aspect_ratio=True,
-        ensure_multiple_of=PATCH_SIZE,
+        ensure_multiple_of=p.multiple,
         resample=3,  # PIL bicubic
         do_rescale=True,
-        rescale_factor=1 / 255,
+        rescale_factor=p.rescale_factor,
         do_normalize=True,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
+        image_mean=list(p.mean),
+        image_std=list(p.std),
         do_pad=False,
     )
 
 
-def save_model(model, out_dir: str | os.PathLike, output_space: OutputSpace | None = None, size: int = INPUT_SIZE, state_dict=None):
-    """Write weights (safetensors), config.json with the output space, and preprocessor_config.json.
-    ``state_dict``: the full weights where the model is sharded (DeepSpeed ZeRO-3, FSDP)."""
+def quiet_transformers() -> None:
+    """No per-call weight loading / saving progress bars from transformers on the command line."""
+    from transformers.utils import logging as hf_logging  # noqa: PLC0415
+
+    hf_logging.disable_progress_bar()
+
+
+def save_model(model, out_dir: str | os.PathLike, output_space: OutputSpace | None = None, size: int = INPUT_SIZE,
+               state_dict=None, preprocessing: Preprocessing | None = None):
+    """Write weights (safetensors), config.json with the output space, and preprocessor_config.json
+    (``image_processor(size, preprocessing)``). ``state_dict``: the full weights where the model is
+    sharded (DeepSpeed ZeRO-3, FSDP)."""
     space = output_space or output_space_of(model.config)
     model.config.output_space, model.config.output_geometry = space.space, space.geometry
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, state_dict=state_dict)
-    image_processor(size).save_pretrained(out_dir)
+    image_processor(size, preprocessing).save_pretrained(out_dir)
     return out_dir
 
 

@@ -27,18 +27,25 @@ machine with a GPU the same stages run there.
 """
 from __future__ import annotations
 
-import argparse
+import codecs
 import contextlib
 import json
+import math
+import os
+import re
+import select
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from distill.config import ConfigError, parse_cli, run_main
 
 ROOT = Path(__file__).resolve().parent.parent
 NYU_SAMPLE = ROOT.parent / "shared" / "data" / "nyu2_sample"
@@ -48,8 +55,104 @@ INPUT_SIZE = 112  # the tiny presets train on 112-pixel crops; labeling and eval
 SUMMARY_METRICS = ("abs_rel", "d1")
 
 
+# Escape sequences and control characters other than tab: never copied onto the console line.
+_CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-_]|[\x00-\x08\x0b-\x1f\x7f]")
+_LINE_END = re.compile(r"[\r\n]")
+_MAX_PARTIAL = 4096
+
+
+class LiveLine:
+    """A stage's latest output line on the console, ``[name] <line>``.
+
+    On a terminal: one line redrawn in place (``\\r``, the line cut to the terminal's width, clear to
+    the end of the line), at most every ``TTY_INTERVAL`` seconds; ``clear`` wipes it. Elsewhere (CI,
+    a file, pytest): no carriage returns, the latest line printed as a plain line at most every
+    ``PLAIN_INTERVAL`` seconds (the first one after that long), so a long stage still shows progress.
+    """
+
+    TTY_INTERVAL = 0.25
+    PLAIN_INTERVAL = 30.0
+
+    def __init__(self, name: str, stream=None, clock=time.monotonic):
+        self.name, self.clock = name, clock
+        self.stream = sys.stdout if stream is None else stream
+        try:
+            self.tty = bool(self.stream.isatty())
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.interval = self.TTY_INTERVAL if self.tty else self.PLAIN_INTERVAL
+        self.latest = ""      # the latest non-empty line seen
+        self.pending = False  # ``latest`` not shown yet
+        self.drawn = False    # a live line is on the terminal
+        self.last = -math.inf if self.tty else clock()  # when a line was last shown
+
+    def update(self, line: str) -> None:
+        """``line``: the stage's newest output line (empty ones are ignored); shown when it is time."""
+        line = _CONTROL.sub("", line).strip()
+        # the line on show again (a read ended in it, the next one completed it): nothing new to show
+        if line and (line != self.latest or self.pending):
+            self.latest, self.pending = line, True
+            self.refresh()
+
+    def due(self) -> float | None:
+        """Seconds until the pending line may be shown; None when nothing is pending."""
+        return max(0.0, self.last + self.interval - self.clock()) if self.pending else None
+
+    def refresh(self) -> None:
+        """Show the pending line if the last one was shown long enough ago."""
+        now = self.clock()
+        if not self.pending or now - self.last < self.interval:
+            return
+        text = f"[{self.name}] {self.latest}"
+        if self.tty:
+            width = max(shutil.get_terminal_size().columns - 1, 10)  # the last column would wrap on some terminals
+            self.stream.write("\r" + text[:width] + "\x1b[K")
+            self.drawn = True
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self.last, self.pending = now, False
+
+    def clear(self) -> None:
+        """Wipe the live line (a terminal only), leaving the cursor at the start of the empty line."""
+        if self.drawn:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.drawn = False
+
+
+def follow_output(fd: int, log, display) -> None:
+    """Copy everything readable from ``fd`` (until end of file) to ``log`` (binary, byte for byte)
+    and pass each line, split at ``\\r`` or ``\\n`` (progress bars redraw with ``\\r``), to
+    ``display.update``; the line not ended yet too, when a read ends in it. Reads whatever has arrived
+    (``os.read``), without waiting for a newline; while ``display.due()`` says a line is pending, waits
+    at most that long and then calls ``display.refresh()``."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    partial = ""
+    while True:
+        wait = display.due()
+        if wait is not None and not select.select([fd], [], [], wait)[0]:
+            display.refresh()
+            continue
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            break
+        log.write(chunk)
+        log.flush()
+        *lines, partial = _LINE_END.split(partial + decoder.decode(chunk))
+        partial = partial[:_MAX_PARTIAL]  # a line that never ends is shown by its start; no quadratic re-splitting
+        for line in lines:
+            display.update(line)
+        if partial:
+            display.update(partial)
+    rest = partial + decoder.decode(b"", final=True)
+    if rest:
+        display.update(rest)
+
+
 class Stages:
-    """Runs the stages, timing each, its output in ``logs/<name>.log``, its command in ``commands.sh``."""
+    """Runs the stages, timing each, its output in ``logs/<name>.log``, its command in ``commands.sh``;
+    a stage run as a new process shows its latest output line on the console while it runs (``LiveLine``)."""
 
     def __init__(self, out: Path):
         self.out, self.times = out, {}
@@ -65,12 +168,20 @@ class Stages:
         log = self.out / "logs" / f"{name}.log"
         print(f"[{name}] {shlex.join(cmd)}", flush=True)
         start = time.perf_counter()
-        with open(log, "a") as f:
-            if main is None:
-                code = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT).returncode
-            else:
-                with contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
-                    code = main(cmd[2:])
+        if main is None:
+            display = LiveLine(name)
+            # unbuffered: the stage's own prints reach the log and the live line as they happen
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            with open(log, "ab") as f, subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE,
+                                                         stderr=subprocess.STDOUT, env=env) as proc:
+                try:
+                    follow_output(proc.stdout.fileno(), f, display)
+                finally:
+                    display.clear()
+                code = proc.wait()
+        else:
+            with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+                code = main(cmd[2:])
         self.times[name] = self.times.get(name, 0.0) + time.perf_counter() - start
         if code:
             tail = log.read_text(errors="replace").splitlines()[-25:]
@@ -141,18 +252,16 @@ def write_motorcycle(folder: Path) -> None:
 
 # ------------------------------------------------------------------------------------ summary
 def predict_depth(model, image: np.ndarray) -> np.ndarray:
-    """The model's prediction for one uint8 image, at the image's size, as depth up to scale."""
+    """A resolved model's (``distill.models.resolve_model``) prediction for one uint8 image, at the
+    image's size, as depth up to scale."""
     import torch
 
-    from distill.data.transforms import resize_for_inference
-    from distill.evaluation import predict
-    from distill.models import output_space_of
+    from distill.evaluation import predict_images
     from distill.spaces import to_depth
 
-    x = torch.from_numpy(resize_for_inference(image, INPUT_SIZE)).permute(2, 0, 1)[None]
     with torch.inference_mode():
-        pred = predict(model, x, image.shape[:2])[0].numpy()
-    return to_depth(np.maximum(pred, 1e-6), output_space_of(model.config).space)
+        pred = predict_images(model.model, [image], INPUT_SIZE, model.preprocessing, "cpu")[0].numpy()
+    return to_depth(np.maximum(pred, 1e-6), model.output_space.space)
 
 
 def summary_rows(data: Path) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
@@ -180,8 +289,8 @@ def summary_png(path: Path, teacher_dir: Path, student_dir: Path, data: Path, he
     by inverse depth on its own range (predictions are up to scale)."""
     import cv2
 
-    from distill.data.synthetic import colorize
-    from distill.models import load_depth_model
+    from distill.models import resolve_model
+    from distill.visualisation import colorize
 
     def cell(picture):
         scale = min(height / picture.shape[0], width / picture.shape[1])
@@ -194,7 +303,8 @@ def summary_png(path: Path, teacher_dir: Path, student_dir: Path, data: Path, he
     header = np.full((28, 4 * width, 3), 255, np.uint8)
     for i, title in enumerate(("input", "teacher", "student", "ground truth")):
         cv2.putText(header, title, (i * width + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    teacher, student = load_depth_model(str(teacher_dir)).eval(), load_depth_model(str(student_dir)).eval()
+    teacher, student = resolve_model(str(teacher_dir)), resolve_model(str(student_dir))
+    teacher.model.eval(), student.model.eval()
     rows = [header]
     for _, image, gt in summary_rows(data):
         cells = [image]
@@ -217,17 +327,26 @@ def table(results: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------ main
+@dataclass
+class QuickstartConfig:
+    output_dir: str = "runs/quickstart"
+    teacher_steps: int = 1000
+    student_steps: int = 1000
+    unlabeled_scenes: int = 500  # held-out synthetic scenes to pseudo-label
+    test_scenes: int = 64  # synthetic scenes to evaluate on
+
+
+PROG = "python -m distill.quickstart"
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distill.quickstart", description=__doc__.splitlines()[0])
-    p.add_argument("--output-dir", default="runs/quickstart")
-    p.add_argument("--teacher-steps", type=int, default=1000)
-    p.add_argument("--student-steps", type=int, default=1000)
-    p.add_argument("--unlabeled-scenes", type=int, default=500, help="held-out synthetic scenes to pseudo-label")
-    p.add_argument("--test-scenes", type=int, default=64, help="synthetic scenes to evaluate on")
-    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message}\n")
-    args = p.parse_args(argv)
+    return run_main(PROG, _main, argv)
+
+
+def _main(argv=None) -> int:
+    args = parse_cli(QuickstartConfig, argv, prog=PROG)
     if min(args.teacher_steps, args.student_steps, args.unlabeled_scenes, args.test_scenes) < 1:
-        p.error("steps and scene counts must be >= 1")
+        raise ConfigError("steps and scene counts must be >= 1")
 
     out = Path(args.output_dir).resolve()
     clear_earlier_quickstart(out)
@@ -257,7 +376,7 @@ def main(argv=None) -> int:
     # 3. pseudo-labels
     pseudo = out / "pseudo-labels"
     stages.run("pseudolabel", accelerate_launch(
-        "distill/pseudolabel.py", "--config", "configs/pseudolabel/default.yaml", "--teacher", str(teacher / "final"),
+        "distill/pseudolabel.py", "--teacher", str(teacher / "final"),
         "--input", str(unlabeled), "--output", str(pseudo), "--input-size", str(INPUT_SIZE), "--tta", "flip",
         "--store-image", "reencode", "--image-max-side", "160", "--shard-size", "100"))
 
@@ -269,7 +388,7 @@ def main(argv=None) -> int:
         f"data.groups.0.datasets.0.root={pseudo}"))
 
     # 5. evaluation
-    from distill import evaluate as evaluate_cli, release as release_cli
+    from distill import evaluation, hub
     benchmarks = {"synthetic (test scenes)": ("folder", data / "test-synthetic", "scale-log"),
                   "Middlebury Motorcycle": ("folder", data / "middlebury-motorcycle", "affine-disparity")}
     if NYU_SAMPLE.is_dir():
@@ -280,7 +399,7 @@ def main(argv=None) -> int:
             path = out / "eval" / f"{role}_{bench.split()[0].lower()}.json"
             stages.run("evaluate", [py, "distill/evaluate.py", "--model", str(model), "--benchmark", kind,
                                     "--data-root", str(root), "--protocol", protocol, "--input-size", str(INPUT_SIZE),
-                                    "--output", str(path)], main=evaluate_cli.main)
+                                    "--output", str(path)], main=evaluation.main)
             results.setdefault(bench, {})[role] = json.loads(path.read_text())
 
     # 6. release (dry run: built and checked with pipeline("depth-estimation"), nothing sent)
@@ -288,7 +407,7 @@ def main(argv=None) -> int:
     student_evals = sorted(str(p) for p in (out / "eval").glob("student_*.json"))
     stages.run("release", [py, "distill/release.py", "--model", str(student / "final"), "--repo-id",
                            "your-name/depth-distill-quickstart-tiny", "--dry-run", "--output-dir", str(release),
-                           "--input-size", str(INPUT_SIZE), "--eval", *student_evals], main=release_cli.main)
+                           "--input-size", str(INPUT_SIZE), "--eval", *student_evals], main=hub.main)
 
     # 7. summary
     start = time.perf_counter()

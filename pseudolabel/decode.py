@@ -5,8 +5,9 @@ than ``max_pixels`` before decoding them (decompression bombs), and asks the JPE
 reduced DCT scale (``PIL.Image.draft``, 1/2 .. 1/8) when the largest size it needs is at most
 half the stored size, so a 24-megapixel photo costs about what a 1.5-megapixel one does. The
 image is turned upright (EXIF orientation), converted to RGB exactly as ``distill.data.formats``
-does (palette, RGBA, CMYK, 16-bit, ...), and resized to the inference size with OpenCV (bicubic,
-as Depth Anything; area averaging when shrinking by more than 2x).
+does (palette, RGBA, CMYK, 16-bit, ...), and resized to the inference size by the one rule of
+``distill.preprocessing`` (OpenCV bicubic; longer side capped at ``input_size * max_aspect``). Stored
+re-encoded images are shrunk with area averaging where that is more than 2x.
 
 What is stored (``store_image``):
 - ``original``: the file's bytes, when they already are upright RGB/L in the format of the
@@ -20,7 +21,6 @@ Decoded samples have the stored image's size (the original size unless re-encode
 from __future__ import annotations
 
 import io
-import math
 import os
 import struct
 import warnings
@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from distill.data.formats import pil_to_rgb
+from distill.preprocessing import inference_size, resize_image
 
 # EXIF orientation -> the PIL transpose that makes the image upright (as ImageOps.exif_transpose).
 _TRANSPOSE = {
@@ -63,26 +64,6 @@ class DecodePlan:
     max_pixels: int = 100_000_000
 
 
-def _round_multiple(x: float, multiple: int) -> int:
-    return max(multiple, int(round(x / multiple)) * multiple)
-
-
-def inference_hw(h: int, w: int, plan: DecodePlan) -> tuple[int, int]:
-    """Depth Anything's size (aspect kept, shorter side at least ``input_size``, multiples of 14),
-    with the longer side capped at ``input_size * max_aspect`` for extreme aspect ratios."""
-    size, m = plan.input_size, plan.multiple
-    short, long = min(h, w), max(h, w)
-    if long / short <= plan.max_aspect:
-        scale = size / short
-        th = int(round(h * scale / m)) * m
-        tw = int(round(w * scale / m)) * m
-        th = th if th >= size else int(math.ceil(h * scale / m)) * m
-        tw = tw if tw >= size else int(math.ceil(w * scale / m)) * m
-        return th, tw
-    scale = size * plan.max_aspect / long
-    return _round_multiple(h * scale, m), _round_multiple(w * scale, m)
-
-
 def fit_within(h: int, w: int, max_side: int) -> tuple[int, int]:
     scale = min(1.0, max_side / max(h, w))
     return max(1, int(round(h * scale))), max(1, int(round(w * scale)))
@@ -109,6 +90,7 @@ def _orientation(im: Image.Image) -> int:
 
 
 def _resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """Resize for storage (not the model input): area averaging when shrinking more than 2x."""
     h, w = rgb.shape[:2]
     if (h, w) == tuple(hw):
         return rgb
@@ -148,7 +130,7 @@ def decode_item(data, plan: DecodePlan) -> dict:
     swap = orientation in (5, 6, 7, 8)
     h0, w0 = (w_raw, h_raw) if swap else (h_raw, w_raw)
     source_format, source_mode = im.format or "", im.mode
-    inf_hw = inference_hw(h0, w0, plan)
+    inf_hw = inference_size(h0, w0, plan.input_size, plan.multiple, plan.max_aspect)
 
     keep_original = (
         plan.store_image == "original" and isinstance(data, (bytes, bytearray, memoryview))
@@ -195,7 +177,7 @@ def decode_item(data, plan: DecodePlan) -> dict:
         "exif_orientation": orientation,
         "decoded_size": [int(rgb.shape[0]), int(rgb.shape[1])],
     }
-    return {"image": _resize(rgb, inf_hw), "image_hw": image_hw, "original_hw": (h0, w0),
+    return {"image": resize_image(rgb, inf_hw), "image_hw": image_hw, "original_hw": (h0, w0),
             "stored": stored, "stored_how": how, "meta": meta}
 
 

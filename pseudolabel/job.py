@@ -30,14 +30,15 @@ import os
 import sys
 import time
 
+from distill.config import ConfigError
+from distill.data.shards import INDEX_DIR, TMP_SUFFIX, index_path, read_index, write_atomic
+from pseudolabel.config import PseudolabelConfig, defining_options
 from pseudolabel.inputs import InputError, Listing, detect, discover, rank_units, shard_name, unit_count, write_listing
-from pseudolabel.options import PseudolabelConfig, defining_options
-from pseudolabel.shards import INDEX_DIR, TMP_SUFFIX, index_path, read_index, write_atomic
 
 JOB_DIR = "_job"
 
 
-class JobError(ValueError):
+class JobError(ConfigError):
     """A problem with the command (options, input, teacher, output directory): one line, exit 2."""
 
 
@@ -53,25 +54,17 @@ def process_info() -> tuple[int, int, int]:
     return _env_int("RANK", 0), max(1, _env_int("WORLD_SIZE", 1)), _env_int("LOCAL_RANK", 0)
 
 
-def resolve_teacher(teacher: str) -> str:
-    """A teacher run directory means its ``final/`` model; paths become absolute."""
-    if os.path.isdir(teacher):
-        final = os.path.join(teacher, "final")
-        if not os.path.isfile(os.path.join(teacher, "config.json")) and os.path.isfile(os.path.join(final, "config.json")):
-            teacher = final
-        return os.path.abspath(teacher)
-    return teacher
-
-
 def normalise(cfg: PseudolabelConfig) -> PseudolabelConfig:
     for flag in ("teacher", "input", "output"):
         if not getattr(cfg, flag):
             raise JobError(f"--{flag} is required")
+    from distill.models import ModelError, resolve_reference  # noqa: PLC0415
+
     cfg.output = os.path.abspath(cfg.output)
-    cfg.teacher = resolve_teacher(cfg.teacher)
-    local = os.path.isabs(cfg.teacher) or cfg.teacher.startswith(".") or cfg.teacher.count("/") > 1
-    if local and not os.path.isfile(os.path.join(cfg.teacher, "config.json")):
-        raise JobError(f"cannot load teacher {cfg.teacher!r}: not a model directory (no config.json) nor a hub id")
+    try:
+        cfg.teacher = resolve_reference(cfg.teacher)  # a training run -> its final/, paths absolute
+    except ModelError as err:
+        raise JobError(f"cannot load teacher: {err}") from None
     if not cfg.input.startswith("hf:") and os.path.exists(cfg.input):
         cfg.input = os.path.abspath(cfg.input)
     return cfg
@@ -206,34 +199,13 @@ def finalize(out: str, job: dict) -> dict | None:
 
 # ---------------------------------------------------------------------------------------- run
 def _load_teacher(teacher: str):
-    from distill.models import load_depth_model, output_space_of  # noqa: PLC0415
+    """The teacher through the one resolver: its model, output space and own preprocessing."""
+    from distill.models import ModelError, resolve_model  # noqa: PLC0415
 
     try:
-        model = load_depth_model(teacher)
-        space = output_space_of(model.config)
-    except (OSError, ValueError, KeyError) as e:
-        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise JobError(f"cannot load teacher {teacher!r}: {message}") from None
-    return model, space
-
-
-def _preprocessing(teacher: str, model) -> tuple[tuple, tuple, int]:
-    """Mean, std and size multiple from the teacher's image processor (ImageNet / 14 otherwise)."""
-    from distill.models import IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE  # noqa: PLC0415
-
-    mean, std = IMAGENET_MEAN, IMAGENET_STD
-    multiple = int(getattr(model.config, "patch_size", None) or PATCH_SIZE)
-    path = os.path.join(teacher, "preprocessor_config.json")
-    if os.path.isfile(path):
-        try:
-            with open(path) as f:
-                proc = json.load(f)
-            mean = tuple(proc.get("image_mean") or mean)
-            std = tuple(proc.get("image_std") or std)
-            multiple = int(proc.get("ensure_multiple_of") or multiple)
-        except (OSError, ValueError, TypeError):
-            pass
-    return mean, std, multiple
+        return resolve_model(teacher)
+    except ModelError as err:
+        raise JobError(str(err)) from None
 
 
 def run(cfg: PseudolabelConfig, log=print) -> dict | None:
@@ -267,14 +239,14 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
-    model, space = _load_teacher(cfg.teacher)
-    mean, std, multiple = _preprocessing(cfg.teacher, model)
-    model = model.to(device).eval().requires_grad_(False)
+    resolved = _load_teacher(cfg.teacher)
+    space, preprocessing = resolved.output_space, resolved.preprocessing
+    model = resolved.model.to(device).eval().requires_grad_(False)
     if cfg.compile:
         model = torch.compile(model)
-    predictor = Predictor(model, space, cfg.tta, cfg.tta_scales, cfg.confidence_tau, mean, std, multiple, autocast)
+    predictor = Predictor(model, space, cfg.tta, cfg.tta_scales, cfg.confidence_tau, preprocessing, autocast)
 
-    plan = DecodePlan(cfg.input_size, multiple, cfg.max_aspect, cfg.store_image, cfg.image_max_side, cfg.image_ext,
+    plan = DecodePlan(cfg.input_size, preprocessing.multiple, cfg.max_aspect, cfg.store_image, cfg.image_max_side, cfg.image_ext,
                       cfg.jpeg_quality, cfg.draft, cfg.max_pixels)
     stream = LabelStream(Listing(os.path.join(out, JOB_DIR)), todo, job["items"], cfg.shard_size, plan,
                          ByteSource(job["input_kind"], job["hf"]), cfg.batch_size, cfg.bucket_buffer)

@@ -31,14 +31,11 @@ import contextlib
 import torch
 import torch.nn.functional as F
 
-from distill.models import IMAGENET_MEAN, IMAGENET_STD, PATCH_SIZE
+from distill.alignment import lsq_scale_shift, masked_median
+from distill.preprocessing import DEFAULT, Preprocessing, multiple_of
 from distill.spaces import OutputSpace
 
 EPS = 1e-6
-
-
-def _round_multiple(x: float, m: int) -> int:
-    return max(m, int(round(x / m)) * m)
 
 
 class Predictor:
@@ -46,11 +43,10 @@ class Predictor:
     both on the images' device, in the teacher's output space at the input grid."""
 
     def __init__(self, model, space: OutputSpace, tta: str = "none", scales=(0.75, 1.25), tau: float = 0.05,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, multiple: int = PATCH_SIZE, autocast_dtype=None):
+                 preprocessing: Preprocessing = DEFAULT, autocast_dtype=None):
         self.model, self.space, self.tta = model, space, tta
         self.scales = [1.0] + ([float(s) for s in scales if float(s) != 1.0] if tta == "flip+scales" else [])
-        self.tau, self.multiple, self.autocast_dtype = tau, multiple, autocast_dtype
-        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+        self.tau, self.preprocessing, self.autocast_dtype = tau, preprocessing, autocast_dtype
 
     @property
     def views(self) -> int:
@@ -66,12 +62,11 @@ class Predictor:
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor):
         b, _, h, w = images.shape
-        mean, std = self.mean.to(images.device), self.std.to(images.device)
-        x = (images.float() / 255.0 - mean) / std
+        x, m = self.preprocessing.normalize(images), self.preprocessing.multiple
         preds = []
         for s in self.scales:
             xs = x if s == 1.0 else F.interpolate(
-                x, size=(_round_multiple(h * s, self.multiple), _round_multiple(w * s, self.multiple)),
+                x, size=(max(m, multiple_of(h * s, m)), max(m, multiple_of(w * s, m))),
                 mode="bicubic", align_corners=False, antialias=True)
             batch = xs if self.tta == "none" else torch.cat([xs, xs.flip(-1)])
             out = self._forward(batch)
@@ -87,13 +82,18 @@ class Predictor:
 
 
 def _lsq_align(p: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per image least-squares s, t with s * p + t ~ ref. p: [K, B, N], ref: [B, N]."""
-    pm, rm = p.mean(-1, keepdim=True), ref.mean(-1, keepdim=True)
-    dp = p - pm
-    var = (dp * dp).mean(-1, keepdim=True)
-    cov = (dp * (ref - rm)).mean(-1, keepdim=True)
-    s = torch.where(var > 1e-12, cov / var.clamp_min(1e-12), torch.ones_like(var))
-    return s * dp + rm
+    """Per image least-squares s, t with s * p + t ~ ref (``distill.alignment``). p: [K, B, N], ref: [B, N]."""
+    k, b, n = p.shape
+    rows, target = p.reshape(k * b, n), ref.expand(k, b, n).reshape(k * b, n)
+    scale, shift = lsq_scale_shift(rows, target, torch.ones_like(rows, dtype=torch.bool))
+    return (scale[:, None] * rows + shift[:, None]).reshape(k, b, n)
+
+
+def _median_shift(d: torch.Tensor) -> torch.Tensor:
+    """Per image median of d [K, B, N] (``distill.alignment.masked_median``), as [K, B, 1]."""
+    k, b, n = d.shape
+    rows = d.reshape(k * b, n)
+    return masked_median(rows, torch.ones_like(rows, dtype=torch.bool)).reshape(k, b, 1)
 
 
 def combine(preds: torch.Tensor, space: OutputSpace) -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,10 +106,9 @@ def combine(preds: torch.Tensor, space: OutputSpace) -> tuple[torch.Tensor, torc
     elif space.geometry == "uts":
         if positive:
             logp = torch.log(p.clamp_min(EPS))
-            shift = (logp.mean(0, keepdim=True) - logp).median(-1, keepdim=True).values
-            aligned = p * torch.exp(shift)
+            aligned = p * torch.exp(_median_shift(logp.mean(0, keepdim=True) - logp))
         else:
-            aligned = p + (p.mean(0, keepdim=True) - p).median(-1, keepdim=True).values
+            aligned = p + _median_shift(p.mean(0, keepdim=True) - p)
     else:
         aligned = p
     label = aligned.mean(0)

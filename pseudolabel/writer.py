@@ -3,7 +3,7 @@
 The main loop hands over (packet, label, confidence) through a bounded queue (memory stays flat:
 at most ``queue_size`` batches wait). The writer thread (with ``label_size=original``) resizes each
 prediction back to its sample's size (bilinear, as the recipe does; by default ``decode_sample``
-does it when reading), quantises it (``pseudolabel.codec``), encodes the
+does it when reading), quantises it (``distill.data.codec``), encodes the
 PNGs (OpenCV releases the GIL; with ``encode_threads`` > 1 a pool encodes a batch in parallel)
 and appends the sample to its unit's shard. A unit is committed (``ShardWriter.commit``: tar
 renamed, then index written) as soon as every one of its inputs is accounted for, labeled or
@@ -20,9 +20,9 @@ from concurrent.futures import ThreadPoolExecutor
 import cv2
 import numpy as np
 
-from pseudolabel.codec import encode_png, quantise, quantise_confidence
+from distill.data.codec import encode_png, quantise, quantise_confidence
 from pseudolabel.inputs import shard_name
-from pseudolabel.shards import ShardWriter
+from distill.data.shards import ShardWriter
 from pseudolabel.stream import lower_priority
 
 

@@ -3,28 +3,14 @@ confidence-weighted) + feature alignment to a frozen DINOv2 on pseudo-labeled im
 teacher's objective on labeled rows when the batch mixes them in (Depth Anything V1)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-from distill.data.transforms import normalize_images
 from distill.losses import feature_alignment_loss, gradient_matching_loss, ssi_loss, uts_loss
+from distill.preprocessing import DEFAULT, Preprocessing
 from distill.spaces import OutputSpace, convert
-from student.perturb import PerturbConfig, cutmix
-from teacher.objective import TeacherObjective, TeacherObjectiveConfig
-
-
-@dataclass
-class StudentObjectiveConfig:
-    pseudo_group: str = "pseudo"  # the data group holding pseudo-labeled (or unlabeled, online) images
-    trim: float = 0.1  # Depth Anything V2: ignore each sample's 10% largest per-pixel losses
-    gradient_weight: float = 2.0  # relative (SSI) students: SSI + gradient matching
-    feature_weight: float = 1.0  # 0: no feature alignment
-    feature_margin: float = 0.15
-    confidence: bool = True  # use shards' confidence maps where present
-    confidence_threshold: float = 0.1
-    perturb: PerturbConfig = field(default_factory=PerturbConfig)
-    labeled: TeacherObjectiveConfig = field(default_factory=TeacherObjectiveConfig)  # for labeled rows
+from student.config import StudentObjectiveConfig
+from student.perturb import cutmix
+from teacher.objective import TeacherObjective
 
 
 class FinalTokens:
@@ -56,11 +42,18 @@ def attach_feature_projection(model, frozen_encoder) -> bool:
 
 
 class StudentObjective:
+    """``objective(model, batch) -> (loss, logs)`` for ``distill.engine.train``. Each model sees its
+    own input normalisation: ``preprocessing`` (the student), ``frozen_preprocessing`` (the frozen
+    reference), ``teacher_preprocessing`` (the online teacher)."""
+
     def __init__(self, cfg: StudentObjectiveConfig, output_space: OutputSpace, pseudo_group: int,
-                 frozen_encoder=None, teacher=None, seed: int = 0):
+                 frozen_encoder=None, teacher=None, seed: int = 0, preprocessing: Preprocessing = DEFAULT,
+                 frozen_preprocessing: Preprocessing = DEFAULT, teacher_preprocessing: Preprocessing = DEFAULT):
         self.cfg, self.output_space, self.pseudo_group = cfg, output_space, pseudo_group
         self.frozen_encoder, self.teacher = frozen_encoder, teacher
-        self.labeled = TeacherObjective(cfg.labeled)
+        self.preprocessing, self.frozen_preprocessing = preprocessing, frozen_preprocessing
+        self.teacher_preprocessing = teacher_preprocessing
+        self.labeled = TeacherObjective(cfg.labeled, preprocessing)
         self.generator = torch.Generator().manual_seed(seed)  # CutMix boxes: reproducible on resume
         self._features = None
 
@@ -76,7 +69,7 @@ class StudentObjective:
         if self.teacher is not None:
             target = torch.zeros_like(batch["target"], dtype=torch.float32)
             with torch.no_grad():
-                pred = self.teacher(pixel_values=normalize_images(batch["image"][pseudo])).predicted_depth.float()
+                pred = self.teacher(pixel_values=self.teacher_preprocessing.normalize(batch["image"][pseudo])).predicted_depth.float()
             target[pseudo] = convert(pred, self.teacher.config.output_space, self.output_space.space)
             return target, torch.ones_like(batch["valid"]), torch.ones_like(target)
         target = batch["target"].float().clone()
@@ -103,7 +96,7 @@ class StudentObjective:
             if c.perturb.enabled and torch.rand((), generator=self.generator).item() < c.perturb.cutmix_p:
                 tensors, regions = cutmix(pseudo, tensors, self.generator)
             images = tensors["image"]
-        pred = model(pixel_values=normalize_images(images)).predicted_depth
+        pred = model(pixel_values=self.preprocessing.normalize(images)).predicted_depth
         if bool(pseudo.any()):
             p, t, v, w = pred[pseudo], tensors["target"][pseudo], tensors["valid"][pseudo], tensors["confidence"][pseudo]
             r = None if regions is None else regions[pseudo]
@@ -116,7 +109,7 @@ class StudentObjective:
             logs["pseudo"] = pseudo_loss.detach()
             if c.feature_weight and self.frozen_encoder is not None:
                 with torch.no_grad():
-                    frozen = self.frozen_encoder(pixel_values=normalize_images(images[pseudo])).feature_maps[-1][:, 1:]
+                    frozen = self.frozen_encoder(pixel_values=self.frozen_preprocessing.normalize(images[pseudo])).feature_maps[-1][:, 1:]
                 tokens = features.tokens[pseudo]
                 heads = getattr(getattr(model, "module", model), "training_heads", None)
                 if heads is not None:

@@ -2,23 +2,10 @@
 and Gaussian blur per sample (albumentations, in the data workers), CutMix per batch (torch)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import albumentations as A
 import torch
 
-
-@dataclass
-class PerturbConfig:
-    enabled: bool = True
-    color_jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    cutmix_p: float = 0.5  # probability that a batch's pseudo-labeled rows are CutMix-ed
+from student.config import PerturbConfig
 
 
 def photometric(cfg: PerturbConfig) -> list:

@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from distill import evaluate as E
+from distill import evaluation as E
+from distill.visualisation import read_ply_header
 from distill import models
 from distill.metrics import BENCHMARK_DEPTH_RANGE, METRIC_NAMES, benchmark_mask
 from distill.spaces import DEPTH_UP_TO_SCALE, METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
@@ -68,7 +69,8 @@ def test_benchmark_ranges_and_masks():
     assert int(benchmark_mask("diode", gt).sum()) == 40 * 50 - 2  # 0.6 .. 350 m
     assert int(benchmark_mask("eth3d", gt).sum()) == 40 * 50  # no upper cap
     assert int(benchmark_mask("sintel", gt).sum()) == 1  # 72 m cap: only the 0.5 m pixel
-    assert E.evaluation_range("nyu") == (1e-3, 10.0) and E.evaluation_range("eth3d") is None
+    assert E.evaluation_range("nyu") == (1e-3, 10.0) and E.evaluation_range("eth3d") == (1e-5, math.inf)
+    assert E.evaluation_range("folder") is None and E.evaluation_range(None) is None  # no cap: no clamp
 
 
 # -------------------------------------------------------------------------- JSON, CSV, visuals
@@ -98,7 +100,7 @@ def test_folder_benchmark_outputs_and_visuals(tiny_models, tmp_path, capsys):
     assert strip.shape == (H, 4 * W, 3)
     assert (strip[:, :W] == np.asarray(Image.open(data / "rgb" / "s0.png"))).all()  # the input panel
     assert (strip[0, 3 * W:3 * W + 5] == 0).all()  # error panel: invalid ground truth is black
-    header, count = E.read_ply_header(vis / "s0.ply")
+    header, count = read_ply_header(vis / "s0.ply")
     assert header[1] == "format binary_little_endian 1.0" and "element vertex %d" % (H * W) in header
     assert count == H * W
     raw = (vis / "s0.ply").read_bytes()
@@ -249,8 +251,8 @@ def test_cli_errors_are_one_line(tiny_models, tmp_path, capsys):
     for argv, message in cases:
         rc, _, err = run_main(argv, capsys)
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
-    with pytest.raises(SystemExit) as exit_info:  # argparse errors: one line too
-        E.main(["--benchmark", "nyu"])
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and "required" in err
+    for argv, message in [(["--benchmark", "nyu"], "--model is required"),
+                          (["--model", "m", "--benchmrk", "nyu"], "did you mean '--benchmark'")]:
+        assert E.main(argv) == 2  # command-line errors: one line too
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and message in err, err

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 
+from distill import alignment as A
 from distill import losses as L
 
 
@@ -37,7 +38,7 @@ def test_ssi_lsq_loss_hand_computed():
     target = torch.tensor([[[0.0, 1.0, 5.0]]], dtype=torch.float64)
     mask = torch.ones_like(pred, dtype=torch.bool)
     assert L.ssi_lsq_loss(pred, target, mask).item() == pytest.approx(0.25)
-    s, t = L.lsq_scale_shift(pred.flatten(1), target.flatten(1), mask.flatten(1))
+    s, t = A.lsq_scale_shift(pred.flatten(1), target.flatten(1), mask.flatten(1))
     assert (s.item(), t.item()) == pytest.approx((2.5, -0.5))
 
 

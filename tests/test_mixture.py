@@ -6,7 +6,8 @@ import pytest
 
 from distill.data.mixture import MixtureGroup, MixtureSampler, split_batch
 from distill.data.sample import Sample
-from distill.data.transforms import EvalTransform, TrainTransform, inference_size
+from distill.data.transforms import TrainTransform
+from distill.preprocessing import inference_size, resize_for_inference
 
 
 def groups(labeled_slots=2, pseudo_slots=4):
@@ -109,5 +110,5 @@ def test_train_transform_keeps_depth_values_and_follows_intrinsics():
 def test_eval_transform_sizes():
     assert inference_size(480, 640) == (518, 686)  # 518 x 690.7 -> nearest multiple of 14
     assert all(x % 14 == 0 and x >= 518 for x in inference_size(375, 1242))
-    out = EvalTransform()(scene(with_k=False))
-    assert out.image.shape[:2] == inference_size(48, 64) and out.target.shape == (48, 64)
+    assert resize_for_inference(scene(with_k=False).image).shape[:2] == inference_size(48, 64)
+    assert inference_size(100, 1000, max_aspect=4.0) == (210, 2072)  # longer side capped at 518 x 4

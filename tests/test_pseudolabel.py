@@ -23,11 +23,11 @@ from PIL import Image
 from distill.config import load_config
 from distill.models import build_model, save_model
 from distill.spaces import METRIC_DEPTH, OutputSpace
-from pseudolabel.codec import dequantise, quantise
-from pseudolabel.decode import DecodePlan, inference_hw
+from distill.data.codec import dequantise, quantise
+from pseudolabel.decode import DecodePlan, decode_item
 from pseudolabel.job import run
-from pseudolabel.options import PseudolabelConfig
-from pseudolabel.shards import ShardReader, decode_sample
+from pseudolabel.config import PseudolabelConfig
+from distill.data.shards import ShardReader, decode_sample
 from pseudolabel.tta import combine
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,14 +138,20 @@ def test_quantisation_round_trip_precision():
         quantise(np.array([[1.0, np.nan]], np.float32), "depth")
 
 
-def test_inference_size_follows_the_recipe_and_caps_extreme_aspects():
-    from distill.data.transforms import inference_size
+def test_labeling_inputs_follow_the_one_preprocessing_rule_and_cap_extreme_aspects():
+    from distill.preprocessing import inference_size, resize_for_inference
 
     plan = DecodePlan(input_size=518)
     for h, w in [(1362, 2048), (480, 640), (2048, 1362), (500, 741), (1, 1), (300, 1000)]:
-        assert inference_hw(h, w, plan) == inference_size(h, w, 518)
-    assert inference_hw(1, 5000, plan) == (14, 2072)  # a 1x5000 strip would otherwise be 518 x 2.59M
-    assert inference_hw(4000, 1000, plan) == (2072, 518)
+        assert inference_size(h, w, 518, 14, plan.max_aspect) == inference_size(h, w, 518)
+    assert inference_size(1, 5000, 518, 14, plan.max_aspect) == (14, 2072)  # a 1x5000 strip would otherwise be 518 x 2.59M
+    assert inference_size(4000, 1000, 518, 14, plan.max_aspect) == (2072, 518)
+    # the image the teacher sees is exactly distill.preprocessing's resize of the decoded photo
+    rgb = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    decoded = decode_item(buf.getvalue(), DecodePlan(input_size=56))
+    assert np.array_equal(decoded["image"], resize_for_inference(rgb, 56))
 
 
 def test_tta_alignment_and_confidence():
@@ -452,21 +458,20 @@ def cli(capsys, *args):
     from distill.pseudolabel import main
 
     capsys.readouterr()
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    err = capsys.readouterr().err
-    return exit_info.value.code, err
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(teacher, corpus, tmp_path, capsys):
     base = ["--teacher", teacher, "--input", corpus, "--output", tmp_path / "o", "--input-size", "56"]
     for args, expected in [
-        (["--tta", "sideways"], "argument --tta: invalid choice"),
-        (["--batch-size", "many"], "argument --batch-size: invalid int value"),
+        (["--tta", "sideways"], "tta: 'sideways' is not one of"),
+        (["--batch-size", "many"], "batch_size: expected an integer, got 'many'"),
         (["--batch-size", "0"], "batch_size must be >= 1"),
         (["colour=red"], "unknown key 'colour'"),
         (["--config", tmp_path / "nope.yaml"], "config file not found"),
-        (["--bogus"], "unrecognized arguments"),
+        (["--bogus"], "unknown option '--bogus'"),
+        (["--wrokers", "2"], "did you mean '--workers'"),
     ]:
         code, err = cli(capsys, *base, *args)
         assert code == 2 and err.count("\n") == 1 and expected in err, err

@@ -12,8 +12,9 @@ import torch
 
 from distill import models
 from distill.spaces import DEPTH_UP_TO_SCALE
-from student.objective import FinalTokens, StudentObjective, StudentObjectiveConfig, attach_feature_projection
-from student.perturb import PerturbConfig, cutmix, photometric
+from student.config import PerturbConfig, StudentObjectiveConfig
+from student.objective import FinalTokens, StudentObjective, attach_feature_projection
+from student.perturb import cutmix, photometric
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -180,7 +181,7 @@ def test_online_student_run(tmp_path):
 @pytest.mark.parametrize("preset", ["tiny", "vits", "vitb", "vitl"])
 def test_every_student_preset_loads(preset):
     from distill.config import load_config
-    from distill.train_student import StudentConfig
+    from student.config import StudentConfig
 
     cfg = load_config(StudentConfig, ROOT / "configs" / "student" / f"{preset}.yaml")
     assert cfg.model.preset == preset and cfg.student.trim == 0.1 and cfg.student.feature_margin == 0.15

@@ -11,7 +11,7 @@ import pytest
 
 from distill.config import load_config
 from distill.engine import train
-from distill.train_teacher import TeacherConfig
+from teacher.config import TeacherConfig
 from teacher.objective import TeacherObjective, output_space_for
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ import json, os, sys
 sys.path.insert(0, {root!r})
 from distill.config import load_config
 from distill.engine import train
-from distill.train_teacher import TeacherConfig
+from teacher.config import TeacherConfig
 from teacher.objective import TeacherObjective, output_space_for
 
 cfg = load_config(TeacherConfig, {config!r}, sys.argv[1:])

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.data.mixture import MixtureGroup, MixtureSampler, split_batch
 from distill.data.sample import SampleError
-from distill.data.transforms import EvalTransform, TrainTransform, sample_to_tensors
+from distill.data.transforms import TrainTransform, sample_to_tensors
 
 MAX_RETRIES = 16
 
@@ -138,29 +138,20 @@ def build_train_loader(cfg: DataConfig, batch_size: int, seed: int, rank: int = 
     return loader, sampler
 
 
-class ValidationDataset(Dataset):
-    """The first ``max_samples`` of each validation dataset at inference resolution (rank-sharded)."""
+@dataclass
+class ValidationSet:
+    """One validation dataset: its reader, this rank's sample indices, and the benchmark whose crop
+    and depth range score it (the reader's ``benchmark``, e.g. ``nyu`` for ``NYUReader``; None: the
+    whole valid mask, no cap)."""
 
-    def __init__(self, cfg: DataConfig, rank: int = 0, world_size: int = 1, size: int | None = None):
-        self.datasets = [build_dataset(d) for d in cfg.val]
-        self.items = [(d, i) for d, ds in enumerate(self.datasets) for i in range(min(len(ds), cfg.val_max_samples))]
-        self.items = self.items[rank::world_size]
-        self.transform = EvalTransform(size or cfg.crop_size)
-
-    def __len__(self):
-        return len(self.items)
-
-    def __getitem__(self, i):
-        d, index = self.items[i]
-        return sample_to_tensors(self.transform(self.datasets[d][index]))
+    reader: Any
+    indices: list[int]
+    benchmark: str | None
 
 
-def build_val_loader(cfg: DataConfig, rank: int = 0, world_size: int = 1, size: int | None = None):
-    """Batch size 1: validation images keep their own sizes."""
-    if not cfg.val:
-        return None
-    kwargs = loader_kwargs(cfg)
-    kwargs.update(num_workers=min(cfg.num_workers, 2), persistent_workers=False)
-    if kwargs["num_workers"] == 0:
-        kwargs["prefetch_factor"] = None
-    return DataLoader(ValidationDataset(cfg, rank, world_size, size), batch_size=1, shuffle=False, **kwargs)
+def build_val_sets(cfg: DataConfig, rank: int = 0, world_size: int = 1) -> list[ValidationSet]:
+    """The first ``val_max_samples`` of each validation dataset, dealt round-robin over ranks."""
+    readers = [build_dataset(d) for d in cfg.val]
+    items = [(d, i) for d, ds in enumerate(readers) for i in range(min(len(ds), cfg.val_max_samples))][rank::world_size]
+    return [ValidationSet(ds, [i for dd, i in items if dd == d], getattr(ds, "benchmark", None))
+            for d, ds in enumerate(readers)]

@@ -32,7 +32,7 @@ from distill.data import formats as F
 from distill.data.synthetic import SyntheticReader
 from distill.data.sample import Sample, SampleError
 from distill.spaces import GEOMETRIES, SPACES
-from pseudolabel.shards import ShardReader
+from distill.data.shards import ShardReader
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 DEPTH_EXTS = (".png", ".npy", ".pfm", ".exr", ".h5", ".hdf5", ".dpt")
@@ -107,6 +107,8 @@ def _natural(s: str):
 class Reader(Dataset):
     """Map-style dataset of ``Sample``s over ``items`` (one record per sample; subclasses define
     ``load(i)``). ``reader[i]`` raises IndexError past the end, so plain iteration works too."""
+
+    benchmark: str | None = None  # the evaluation benchmark whose crop and depth range apply
 
     name = "reader"
     space = "depth"
@@ -394,6 +396,8 @@ class NYUReader(PairReader):
     millimetres -> metres) in one folder (searched recursively). 0 invalid; ``max_depth`` (e.g. 10)
     optional. Space depth, geometry metric. Intrinsics: the NYU toolbox RGB camera."""
 
+    benchmark = "nyu"  # validation and evaluation use this benchmark's crop and depth range
+
     name, space, geometry = "nyu", "depth", "metric"
 
     def __init__(self, root=None, items=None, max_depth=None, intrinsics=NYU_INTRINSICS):
@@ -462,6 +466,8 @@ class KITTIReader(PairReader):
     geometry metric. Intrinsics: ``P_rect_0{2,3}`` of ``<raw_root>/<date>/calib_cam_to_cam.txt``
     when present. (Evaluation crops and the 80 m cap belong to the evaluation protocol.)"""
 
+    benchmark = "kitti"  # validation and evaluation use this benchmark's crop and depth range
+
     name, space, geometry = "kitti", "depth", "metric"
 
     def __init__(self, root=None, raw_root=None, items=None, max_depth=None):
@@ -510,6 +516,8 @@ class DIODEReader(PairReader):
     valid) beside it. Valid where the mask is set and depth > 0. Space depth, geometry metric.
     No intrinsics."""
 
+    benchmark = "diode"  # validation and evaluation use this benchmark's crop and depth range
+
     name, space, geometry = "diode", "depth", "metric"
 
     def find(self, root):
@@ -531,6 +539,8 @@ class ETH3DReader(PairReader):
     ``<scene>/images/dslr_images_undistorted/<NAME>.JPG`` or else ``<scene>/images/dslr_images/``.
     inf (and <= 0) invalid. Space depth (metres), geometry metric. No intrinsics (COLMAP
     ``cameras.txt`` is not parsed)."""
+
+    benchmark = "eth3d"  # validation and evaluation use this benchmark's crop and depth range
 
     name, space, geometry = "eth3d", "depth", "metric"
 
@@ -563,6 +573,8 @@ class SintelReader(PairReader):
     ``training/camdata_left/<scene>/frame_NNNN.cam``. Depth: float32 in Blender scene units, close
     to metres: labelled **metric** (treat absolute values with care); non-finite or <= 0 invalid,
     ``max_depth`` optional (sky is very far). Space depth. Intrinsics from the .cam file."""
+
+    benchmark = "sintel"  # validation and evaluation use this benchmark's crop and depth range
 
     name, space, geometry = "sintel", "depth", "metric"
 

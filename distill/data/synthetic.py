@@ -38,16 +38,19 @@ API
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
+
+from distill.config import ConfigError, parse_cli, run_main
+from distill.visualisation import colorize
 
 MAX_DEPTH = 40.0  # metres; farther hits are invalid (and fit a 16-bit millimetre PNG)
 UTS_SCALE_RANGE = (0.5, 1.6)  # random depth scale of ``uts`` targets; max 64 m still fits 16 bits
@@ -744,23 +747,6 @@ def write_dataset(out: str, num: int, seed: int = 0, size: tuple = (256, 256),
 
 
 # ------------------------------------------------------------------------------ previews, CLI
-def colorize(depth, valid, inverse_range=None):
-    """Inverse depth -> RGB uint8 with a small hand-made colormap (near: yellow, far: purple);
-    invalid pixels are black. ``inverse_range`` (lo, hi) fixes the inverse-depth range mapped onto
-    the colormap (default: this map's own range), so several maps can share one scale."""
-    stops = np.array([[0.05, 0.03, 0.2], [0.45, 0.1, 0.55], [0.85, 0.3, 0.35], [0.98, 0.65, 0.2],
-                      [0.98, 0.95, 0.6]])
-    inv = np.where(valid, 1 / np.where(valid, depth, 1), np.nan)
-    if inverse_range is not None:
-        lo, hi = inverse_range
-    else:
-        lo, hi = (np.nanmin(inv), np.nanmax(inv)) if valid.any() else (0, 1)
-    x = np.nan_to_num((inv - lo) / max(hi - lo, 1e-9)) * (len(stops) - 1)
-    grid = np.arange(len(stops))
-    rgb = np.stack([np.interp(x, grid, stops[:, c]) for c in range(3)], -1)
-    return (np.where(valid[..., None], rgb, 0) * 255).astype(np.uint8)
-
-
 def contact_sheet(path: str, num: int = 16, size: int = 256, seed: int = 0, cols: int = 4) -> None:
     """Save a grid of ``num`` scenes, each image next to its colourised depth."""
     tiles = []
@@ -783,19 +769,22 @@ def benchmark(num: int = 200, size: tuple = (256, 256)) -> float:
     return rate
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distill.data.synthetic", description=__doc__.split("\n")[0])
-    p.add_argument("--out", help="output folder")
-    p.add_argument("--num", type=int, help="number of samples")
-    p.add_argument("--seed", type=int, default=0, help="dataset seed (default 0)")
-    p.add_argument("--size", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="image size")
-    p.add_argument("--geometry", choices=GEOMETRIES, default="metric",
-                   help="metric: depth in mm; uts: depth x random scale; utss: disparity, scale + shift")
-    p.add_argument("--benchmark", action="store_true", help="print rendering speed and exit")
-    p.add_argument("--contact-sheet", metavar="PNG", help="save a preview grid and exit")
-    # bad arguments: one line on stderr and exit code 2 (argparse would also print the usage)
-    p.error = lambda message: p.exit(2, f"{p.prog}: error: {message}\n")
-    args = p.parse_args(argv)
+@dataclass
+class SyntheticCommand:
+    out: str | None = None  # output folder
+    num: int | None = None  # number of samples
+    seed: int = 0  # dataset seed
+    size: tuple[int, int] = (256, 256)  # image height and width
+    geometry: Literal["metric", "uts", "utss"] = "metric"  # metric: depth in mm; uts: x random scale; utss: disparity
+    benchmark: bool = False  # print rendering speed and exit
+    contact_sheet: str | None = None  # save a preview grid (PNG) and exit
+
+
+PROG = "python -m distill.data.synthetic"
+
+
+def _main(argv=None) -> int:
+    args = parse_cli(SyntheticCommand, argv, prog=PROG)
     if args.benchmark:
         benchmark(size=tuple(args.size))
         return 0
@@ -803,12 +792,16 @@ def main(argv=None) -> int:
         contact_sheet(args.contact_sheet, seed=args.seed)
         return 0
     if args.out is None or args.num is None:
-        p.error("--out and --num are required")
+        raise ConfigError("--out and --num are required")
     if args.num < 0 or args.seed < 0 or min(args.size) < 1:
-        p.error("--num and --seed must be >= 0, --size H W positive")
+        raise ConfigError("--num and --seed must be >= 0, --size H W positive")
     write_dataset(args.out, args.num, args.seed, tuple(args.size), args.geometry)
     print(f"wrote {args.num} samples to {args.out}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(PROG, _main, argv)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,11 @@
 
 Geometry: resize keeping aspect so the shorter side is the training size (bicubic image, nearest
 target and mask: depth is never interpolated across edges, quantised or clipped), random crop,
-horizontal flip; intrinsics follow. Images stay uint8 until they reach the device, where
-``normalize_images`` applies ImageNet mean/std (a quarter of the bytes through the loader).
+horizontal flip; intrinsics follow. Images stay uint8 until they reach the device, where the model's
+``distill.preprocessing.Preprocessing`` normalises them (a quarter of the bytes through the loader).
+Evaluation-time resizing is ``distill.preprocessing``'s one rule.
 """
 from __future__ import annotations
-
-import math
 
 import albumentations as A
 import cv2
@@ -15,7 +14,7 @@ import numpy as np
 import torch
 
 from distill.data.sample import Sample
-from distill.models import IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, PATCH_SIZE
+from distill.preprocessing import INPUT_SIZE
 
 
 def _update_intrinsics(k: np.ndarray | None, applied: list, final_shape: tuple) -> np.ndarray | None:
@@ -86,38 +85,6 @@ class TrainTransform:
         )
 
 
-def multiple_of(x: float, multiple: int = PATCH_SIZE, min_value: int = 0) -> int:
-    """Round to the nearest multiple, rounding up instead when that would fall below ``min_value``."""
-    y = int(round(x / multiple)) * multiple
-    return y if y >= min_value else int(math.ceil(x / multiple)) * multiple
-
-
-def inference_size(height: int, width: int, size: int = INPUT_SIZE, multiple: int = PATCH_SIZE) -> tuple[int, int]:
-    """Depth Anything's inference resolution: aspect kept, shorter side at least ``size``, both
-    sides multiples of ``multiple`` (the patch size, 14)."""
-    scale = size / min(height, width)
-    return multiple_of(height * scale, multiple, size), multiple_of(width * scale, multiple, size)
-
-
-def resize_for_inference(image: np.ndarray, size: int = INPUT_SIZE, multiple: int = PATCH_SIZE) -> np.ndarray:
-    """uint8 [H, W, 3] -> uint8 image at ``inference_size`` (bicubic, as the original code)."""
-    h, w = inference_size(*image.shape[:2], size, multiple)
-    return cv2.resize(image, (w, h), interpolation=cv2.INTER_CUBIC)
-
-
-class EvalTransform:
-    """The whole image at the inference resolution; target, mask and intrinsics stay at the original
-    resolution (the prediction is resized back to it, as the benchmarks do)."""
-
-    def __init__(self, size: int = INPUT_SIZE):
-        self.size = size
-
-    def __call__(self, sample: Sample, seed: int = 0) -> Sample:
-        sample.meta = {**sample.meta, "original_size": sample.image.shape[:2]}
-        sample.image = resize_for_inference(sample.image, self.size)
-        return sample
-
-
 def sample_to_tensors(sample: Sample) -> dict:
     """A Sample as the tensors of one batch row (image uint8 [3, H, W])."""
     h, w = sample.target.shape
@@ -135,11 +102,3 @@ def sample_to_tensors(sample: Sample) -> dict:
         "dataset": sample.dataset,
         "key": sample.key,
     }
-
-
-def normalize_images(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float normalised (ImageNet mean/std by default), on whatever device the
-    images are."""
-    mean = torch.tensor(mean, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, 3, 1, 1)
-    return (images.float() / 255.0 - mean) / std

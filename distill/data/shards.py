@@ -10,7 +10,7 @@ Layout of an output directory ``O``::
     O/_job/                         the frozen job: options, listing
 
 A sample ``<key>`` is ``<key>.<image_ext>`` (unless ``store_image=none``), ``<key>.depth.png``
-(16-bit, ``pseudolabel.codec``), ``<key>.conf.png`` (8-bit, with TTA) and ``<key>.json``. The PNGs
+(16-bit, ``distill.data.codec``), ``<key>.conf.png`` (8-bit, with TTA) and ``<key>.json``. The PNGs
 hold the prediction at the teacher's resolution (``label_size``, JSON) unless the job was run with
 ``label_size=original``; ``decode_sample`` returns them at the image's size either way. Every
 sample of a job has the same members and the same JSON keys, as ``datasets``' WebDataset loader
@@ -33,7 +33,7 @@ from torch.utils.data import Dataset
 
 from distill.data.formats import pil_to_rgb, read_rgb
 from distill.data.sample import Sample, SampleError
-from pseudolabel.codec import decode_png, dequantise, dequantise_confidence
+from distill.data.codec import decode_png, dequantise, dequantise_confidence
 
 INDEX_DIR = "index"
 TMP_SUFFIX = ".tmp"
@@ -321,20 +321,20 @@ class ShardReader(Dataset):
             out_dir = os.path.dirname(os.path.dirname(path))
             if out_dir not in manifests:  # a finished job lists its shards' sizes: no index to read
                 manifests[out_dir] = _manifest_counts(out_dir)
-            name = os.path.basename(path)[: -len(".json")] + ".tar"
+            tar_name = os.path.basename(path)[: -len(".json")] + ".tar"
             known = manifests[out_dir]
-            if name in known["shards"]:
-                labeled, space = known["shards"][name], (known["space"], known["geometry"])
+            if tar_name in known["shards"]:
+                labeled, space = known["shards"][tar_name], (known["space"], known["geometry"])
             else:
                 index = self._load_index(path)
-                labeled, name, space = index["labeled"], index["shard"], (index["space"], index["geometry"])
+                labeled, tar_name, space = index["labeled"], index["shard"], (index["space"], index["geometry"])
             if self.space is None:
                 self.space, self.geometry = space
             if labeled:
-                self.shards.append((path, os.path.join(out_dir, name)))
+                self.shards.append((path, os.path.join(out_dir, tar_name)))
                 counts.append(labeled)
         self.cumulative = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64).tolist()
-        if name:
+        if name:  # otherwise each sample keeps the dataset name the job recorded (its dataset_name)
             self.name = name
         self._cache: OrderedDict = OrderedDict()
         self._fds: dict[str, int] = {}

@@ -1,0 +1,116 @@
+"""The one preprocessing rule, from uint8 image to model input (docs/RECIPE.md#input-preprocessing).
+
+Training transforms, labeling and its test-time augmentation, evaluation, validation and the
+quickstart all resize and normalise through this module, so they cannot drift apart:
+
+- size: aspect kept, shorter side at least ``size``, both sides multiples of the model's size
+  multiple (rounded to the nearest multiple, up where that would fall below ``size``); optionally
+  the longer side capped at ``size * max_aspect`` (panoramas). This is Depth Anything's original
+  inference rule, not the transformers image processor's (which picks the scale closest to 1);
+- resampling: OpenCV bicubic;
+- normalisation: ``Preprocessing``, whose statistics, rescale factor and size multiple are read from
+  the model's own image processor (``Preprocessing.from_image_processor``; a model without one gets
+  ``Preprocessing()``: ImageNet mean/std, /255, patch 14, the Depth Anything / DINOv2 values).
+
+No torch-heavy or transformers import at module level: DataLoader workers import this.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PATCH_SIZE = 14
+INPUT_SIZE = 518
+
+
+def multiple_of(x: float, multiple: int = PATCH_SIZE, min_value: int = 0) -> int:
+    """Round to the nearest multiple, rounding up instead when that would fall below ``min_value``."""
+    y = int(round(x / multiple)) * multiple
+    return y if y >= min_value else int(math.ceil(x / multiple)) * multiple
+
+
+def inference_size(height: int, width: int, size: int = INPUT_SIZE, multiple: int = PATCH_SIZE,
+                   max_aspect: float | None = None) -> tuple[int, int]:
+    """The model input's (height, width) for an image: see the module docstring."""
+    short, long = min(height, width), max(height, width)
+    if max_aspect is not None and long / short > max_aspect:
+        scale = size * max_aspect / long
+        return (max(multiple, multiple_of(height * scale, multiple)), max(multiple, multiple_of(width * scale, multiple)))
+    scale = size / short
+    return multiple_of(height * scale, multiple, size), multiple_of(width * scale, multiple, size)
+
+
+def resize_image(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [h, w, 3], OpenCV bicubic (a no-op at the same size)."""
+    if tuple(image.shape[:2]) == tuple(hw):
+        return image
+    return cv2.resize(image, (int(hw[1]), int(hw[0])), interpolation=cv2.INTER_CUBIC)
+
+
+def resize_for_inference(image: np.ndarray, size: int = INPUT_SIZE, multiple: int = PATCH_SIZE,
+                         max_aspect: float | None = None) -> np.ndarray:
+    """uint8 [H, W, 3] -> the uint8 model input at ``inference_size``."""
+    return resize_image(image, inference_size(*image.shape[:2], size, multiple, max_aspect))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its pixels: ``(x * rescale_factor - mean) / std`` on RGB, sides multiples of
+    ``multiple``. ``source`` says where the values came from (for logs and metadata)."""
+
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    rescale_factor: float = 1 / 255
+    multiple: int = PATCH_SIZE
+    source: str = "default (ImageNet mean/std, /255, patch 14)"
+
+    @classmethod
+    def from_image_processor(cls, processor, config=None, source: str = "image processor") -> "Preprocessing":
+        """From a transformers image processor (object or its dict) and, for the size multiple when
+        the processor does not fix one, the model config's patch size."""
+        d = processor if isinstance(processor, dict) else processor.to_dict()
+        if d.get("do_normalize", True):
+            mean = tuple(float(v) for v in (d.get("image_mean") or IMAGENET_MEAN))
+            std = tuple(float(v) for v in (d.get("image_std") or IMAGENET_STD))
+        else:
+            mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+        rescale = float(d.get("rescale_factor", 1 / 255)) if d.get("do_rescale", True) else 1.0
+        multiple = max(int(d.get("ensure_multiple_of") or 1), int(d.get("size_divisor") or 1))
+        if multiple == 1:
+            multiple = patch_size_of(config)
+        return cls(mean, std, rescale, multiple, source)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> float model input, on the images' device."""
+        mean = torch.tensor(self.mean, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, 3, 1, 1)
+        x = images.float()
+        x = x / 255.0 if self.rescale_factor == 1 / 255 else x * self.rescale_factor
+        return (x - mean) / std
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std), "rescale_factor": self.rescale_factor,
+                "multiple": self.multiple, "source": self.source}
+
+
+def patch_size_of(config) -> int:
+    """A model config's patch size (its own, or its backbone's), else 14."""
+    for c in (config, getattr(config, "backbone_config", None)):
+        value = getattr(c, "patch_size", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return PATCH_SIZE
+
+
+DEFAULT = Preprocessing()
+
+
+def normalize_images(images: torch.Tensor, preprocessing: Preprocessing = DEFAULT) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float normalised with ``preprocessing`` (ImageNet by default)."""
+    return preprocessing.normalize(images)

@@ -1,0 +1,47 @@
+"""The student stage's configuration: the engine's ``TrainConfig`` plus the teacher (online mode),
+the frozen reference of feature alignment, the objective and the perturbations."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from distill.engine import TrainConfig
+from teacher.config import TeacherObjectiveConfig
+
+
+@dataclass
+class PerturbConfig:
+    enabled: bool = True
+    color_jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    blur_p: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    cutmix_p: float = 0.5  # probability that a batch's pseudo-labeled rows are CutMix-ed
+
+
+@dataclass
+class StudentObjectiveConfig:
+    pseudo_group: str = "pseudo"  # the data group holding pseudo-labeled (or unlabeled, online) images
+    trim: float = 0.1  # Depth Anything V2: ignore each sample's 10% largest per-pixel losses
+    gradient_weight: float = 2.0  # relative (SSI) students: SSI + gradient matching
+    feature_weight: float = 1.0  # 0: no feature alignment
+    feature_margin: float = 0.15
+    confidence: bool = True  # use shards' confidence maps where present
+    confidence_threshold: float = 0.1
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    labeled: TeacherObjectiveConfig = field(default_factory=TeacherObjectiveConfig)  # for labeled rows
+
+
+@dataclass
+class StudentConfig(TrainConfig):
+    # Online mode: run this teacher (a training run, model directory or hub id: anything
+    # distill.models.resolve_model accepts) in the loop on the pseudo group's images instead of
+    # reading pseudo-label shards. For small corpora and quick experiments.
+    teacher: str | None = None
+    # The frozen reference of feature alignment (DINOv2 hub id or directory, any size: another width
+    # than the student's adds a trained linear projection); default: a frozen copy of the
+    # student's initial encoder.
+    frozen_dinov2: str | None = None
+    student: StudentObjectiveConfig = field(default_factory=StudentObjectiveConfig)

@@ -1,0 +1,27 @@
+"""Train a depth teacher: DINOv2 + DPT with GP2 (or Depth Anything SSI) losses.
+
+    accelerate launch distill/train_teacher.py --config configs/teacher/tiny.yaml [key=value | --key value ...]
+"""
+from __future__ import annotations
+
+from distill.config import parse_cli, run_main
+from distill.engine import model_preprocessing, train
+from teacher.config import TeacherConfig
+from teacher.objective import TeacherObjective, output_space_for
+
+PROG = "train_teacher.py"
+
+
+def _main(argv=None) -> int:
+    cfg = parse_cli(TeacherConfig, argv, prog=PROG)
+    preprocessing = model_preprocessing(cfg.model)
+    final = train(cfg, TeacherObjective(cfg.objective, preprocessing), output_space_for(cfg.objective.kind),
+                  preprocessing=preprocessing)
+    if final:  # None: preempted, a checkpoint was saved
+        print(f"teacher saved to {final}")
+    return 0
+
+
+def main(argv=None) -> int:
+    """``distill/train_teacher.py`` and the ``distill-train-teacher`` console script."""
+    return run_main(PROG, _main, argv)
