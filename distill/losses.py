@@ -1,4 +1,4 @@
-"""Depth losses of MiDaS, Depth Anything V1/V2, GP2 and feature alignment (definitions: RECIPE.md).
+"""Depth losses of MiDaS, Depth Anything V1/V2, GP2 and feature alignment (definitions: docs/RECIPE.md#losses).
 
 Conventions shared by every loss here:
 - ``pred``, ``target``: float [B, H, W]; ``mask``: bool [B, H, W] of valid pixels. Non-finite targets
@@ -6,7 +6,7 @@ Conventions shared by every loss here:
 - Computed in float32 (float64 stays float64) with autocast disabled, whatever the caller's precision.
 - An empty mask gives a zero loss with a zero, finite gradient.
 - ``regions`` (optional bool [B, R, H, W]): sub-images aligned separately, e.g. the two CutMix
-  regions. Per-image losses weight region r of an image by its area / (H * W) (RECIPE.md's CutMix
+  regions. Per-image losses weight region r of an image by its area / (H * W) (docs/RECIPE.md#cutmix
   loss); pooled losses pool the pixels of all regions, which weights them by area already.
 """
 from __future__ import annotations

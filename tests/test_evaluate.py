@@ -14,10 +14,11 @@ import torch
 from PIL import Image
 
 from distill import evaluation as E
-from distill.visualisation import read_ply_header
 from distill import models
-from distill.metrics import BENCHMARK_DEPTH_RANGE, METRIC_NAMES, benchmark_mask
+from distill.data.readers import FolderReader
+from distill.metrics import BENCHMARK_DEPTH_RANGE, METRIC_NAMES, benchmark_mask, protocol_depth
 from distill.spaces import DEPTH_UP_TO_SCALE, METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
+from distill.visualisation import read_ply_header
 
 ROOT = Path(__file__).resolve().parents[1]
 NYU = ROOT / ".." / "shared" / "data" / "nyu2_sample"
@@ -256,3 +257,71 @@ def test_cli_errors_are_one_line(tiny_models, tmp_path, capsys):
         assert E.main(argv) == 2  # command-line errors: one line too
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+# ------------------------------------------------------------------ one loop, no ground-truth clamp
+class ConstantMetric(torch.nn.Module):
+    """A metric model predicting the same depth (metres) everywhere."""
+
+    def __init__(self, depth: float):
+        super().__init__()
+        self.depth = depth
+        self.config = SimpleNamespace(output_space="depth", output_geometry="metric")
+        self.unused = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, pixel_values):
+        b, _, h, w = pixel_values.shape
+        return SimpleNamespace(predicted_depth=torch.full((b, h, w), self.depth))
+
+
+def test_no_evaluation_path_clamps_to_the_images_own_ground_truth(tmp_path):
+    """A metric model 100 m off on ground truth of 1..5 m: no benchmark range, so the prediction is
+    scored as it is (AbsRel = mean(100 / gt - 1)); NYU's fixed cap clamps it to 10 m; validation,
+    the loop and the command all agree."""
+    from accelerate import Accelerator
+
+    from distill.data.loading import DataConfig, DatasetConfig, build_val_sets
+    from distill.engine import validate
+
+    root = write_folder(tmp_path / "bench", n=2, intrinsics=False)
+    reader = FolderReader(root)
+    gt = [s.target[s.valid] for s in (reader[0], reader[1])]
+    model = ConstantMetric(100.0)
+    rows = E.evaluate_samples(model, [reader[0], reader[1]], METRIC_DEPTH, size=28)
+    assert [r["abs_rel"] for r in rows] == pytest.approx([np.mean(100 / g - 1) for g in gt], rel=1e-5)
+    capped = E.evaluate_samples(model, [reader[0], reader[1]], METRIC_DEPTH, benchmark="nyu", size=28)
+    in_crop = [s.target[s.valid & benchmark_mask("nyu", torch.from_numpy(s.target)).numpy()] for s in (reader[0], reader[1])]
+    assert [r["abs_rel"] for r in capped] == pytest.approx([np.mean(10 / g - 1) for g in in_crop], rel=1e-5)
+    # protocol_depth itself: no range, no clamp, whatever the mask holds
+    pred = torch.full((1, 4, 4), 100.0)
+    gt_depth = torch.full((1, 4, 4), 2.0)
+    out = protocol_depth(pred, METRIC_DEPTH, gt_depth, torch.ones(1, 4, 4, dtype=torch.bool), "metric")
+    assert torch.equal(out, pred)
+    # validation goes through the same loop
+    cfg = DataConfig(val=[DatasetConfig(reader="folder", root=str(root))], num_workers=0)
+    val = validate(model, build_val_sets(cfg), METRIC_DEPTH, Accelerator(cpu=True), size=28)
+    assert val["val/abs_rel"] == pytest.approx(np.mean([r["abs_rel"] for r in rows]), rel=1e-9)
+
+
+def test_validation_on_nyu_equals_the_evaluate_command(tiny_models, tmp_path, capsys):
+    if not NYU.is_dir():
+        pytest.skip("../shared/data/nyu2_sample not present")
+    from accelerate import Accelerator
+
+    from distill.data.loading import DataConfig, DatasetConfig, build_val_sets
+    from distill.engine import validate
+    from distill.models import resolve_model
+
+    resolved = resolve_model(tiny_models["uts"])
+    cfg = DataConfig(val=[DatasetConfig(reader="nyu", root=str(NYU))], val_max_samples=3, num_workers=0)
+    val_sets = build_val_sets(cfg)
+    assert val_sets[0].benchmark == "nyu"
+    val = validate(resolved.model, val_sets, resolved.output_space, Accelerator(cpu=True), resolved.preprocessing, size=70)
+    out = tmp_path / "nyu.json"
+    rc, _, err = run_main(["--model", tiny_models["uts"], "--benchmark", "nyu", "--data-root", NYU, "--max-images", "3",
+                           "--input-size", "70", "--output", out], capsys)
+    assert rc == 0, err
+    result = json.loads(out.read_text())
+    assert val["val/num_images"] == result["num_images"] == 3
+    for k in METRIC_NAMES:
+        assert val[f"val/{k}"] == pytest.approx(result[k], rel=1e-9, abs=1e-12), k

@@ -67,3 +67,22 @@ def test_importing_each_library_module_loads_no_stage_package():
     loaded = json.loads(proc.stdout.strip().splitlines()[-1])
     assert len(loaded) == len(modules)
     assert all(not stages for stages in loaded.values()), {m: s for m, s in loaded.items() if s}
+
+
+def test_console_scripts_name_the_launchers_mains():
+    """pyproject's console scripts give the same commands after ``pip install``: each entry point is
+    the ``main`` a launcher in distill/ calls."""
+    import importlib
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    launched = {"train_teacher.py": "teacher.train:main", "pseudolabel.py": "pseudolabel.cli:main",
+                "train_student.py": "student.train:main", "evaluate.py": "distill.evaluation:main",
+                "release.py": "distill.hub:main"}
+    for launcher, target in launched.items():
+        module = target.split(":")[0]
+        assert f"from {module} import main" in (ROOT / "distill" / launcher).read_text(), launcher
+        assert target in scripts.values(), target
+    for target in scripts.values():
+        module, name = target.split(":")
+        assert callable(getattr(importlib.import_module(module), name)), target

@@ -178,7 +178,7 @@ def test_job_outputs_read_back_everywhere(teacher, corpus, tmp_path):
     webdataset, datasets and ShardReader (DataLoader with 2 workers), labels equal to the teacher's
     own prediction to better than 1e-3."""
     out = tmp_path / "out"
-    manifest = run(config(teacher, corpus, out, "tta=flip", "num_workers=2", "streams=2"))
+    manifest = run(config(teacher, corpus, out, "tta=flip", "num_workers=2", "streams=2", "dataset_name=my-corpus"))
     assert manifest["labeled"] == 24 and manifest["skipped"] == 0 and manifest["inputs"] == 24
     assert [s["name"] for s in manifest["shards"]] == [f"shard-{u:06d}.tar" for u in range(5)]
     assert manifest["fields"] == ["jpg", "depth.png", "conf.png", "json"]
@@ -234,6 +234,9 @@ def test_job_outputs_read_back_everywhere(teacher, corpus, tmp_path):
     assert set(seen) == set(keys)
     assert all(abs(seen[k] - float(from_wds[k].target.mean())) < 1e-6 for k in keys)
     assert len(ShardReader(str(out / "shard-00000[12].tar"))) == 10
+    # samples keep the job's dataset name, unless the reader is given its own
+    assert {reader[i].dataset for i in range(len(reader))} == {"my-corpus"}
+    assert ShardReader(out, name="mixed-in")[3].dataset == "mixed-in"
 
 
 def test_killed_and_resumed_and_two_process_runs_give_the_same_keys(teacher, corpus, tmp_path):

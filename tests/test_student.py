@@ -149,13 +149,13 @@ def test_feature_projection_for_a_frozen_reference_of_another_width(tmp_path):
 
 
 def test_online_student_run(tmp_path):
-    """Teacher in the loop (a tiny random teacher saved in transformers format) and a frozen reference
-    wider than the student: trains, validates, checkpoints the projection, writes a final model
-    without it."""
+    """Teacher in the loop (a tiny random teacher's training run directory, resolved to its final/)
+    and a frozen reference wider than the student: trains, validates, checkpoints the projection,
+    writes a final model without it."""
     from safetensors import safe_open
 
     teacher = models.build_model("tiny", DEPTH_UP_TO_SCALE)
-    models.save_model(teacher, tmp_path / "teacher")
+    models.save_model(teacher, tmp_path / "teacher" / "final")
     out = tmp_path / "student"
     cmd = [sys.executable, str(ROOT / "distill" / "train_student.py"), "--config", str(ROOT / "configs" / "student" / "tiny.yaml"),
            f"teacher={tmp_path / 'teacher'}", f"output_dir={out}", "max_steps=6", "log_every=3", "eval_every=6",
