@@ -17,7 +17,6 @@ import sys
 import tempfile
 import time
 
-
 from PIL import Image
 
 from distill.data.loading import DataConfig, DatasetConfig, GroupConfig, build_train_loader, collate

@@ -17,7 +17,6 @@ import os
 import sys
 import time
 
-
 import torch
 
 from distill.config import load_config

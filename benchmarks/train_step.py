@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 
-
 import torch
 
 from distill.config import load_config, save_config
