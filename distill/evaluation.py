@@ -60,10 +60,12 @@ one line on stderr, exit code 2 (``distill.config.run_main``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import csv
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -224,8 +226,6 @@ def mean_metrics(rows: list[dict]) -> dict:
 
 
 def _progress(total: int, desc: str):
-    import sys  # noqa: PLC0415
-
     from tqdm import tqdm  # noqa: PLC0415
 
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, disable=None)
@@ -245,10 +245,7 @@ def evaluate_depth(model, reader, benchmark: str, output_space: OutputSpace, pro
     n = len(reader) if max_images is None else min(len(reader), max_images)
     model.eval().to(device)
     start = time.perf_counter()
-    on_image = None
-    if visuals_dir is not None:
-        def on_image(sample, depth, gt, valid, mask):
-            save_depth_visuals(visuals_dir, sample, depth, gt, valid, mask)
+    on_image = None if visuals_dir is None else functools.partial(save_depth_visuals, visuals_dir)
     bar = _progress(n, benchmark)
     rows = evaluate_samples(model, _counted(read_samples(reader, range(n), num_workers), bar), output_space,
                             preprocessing, benchmark, protocol, size, batch_size, device, on_image=on_image)
