@@ -380,6 +380,35 @@ def convert_original_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
+# transformers before the attention/MLP refactor names DINOv2 blocks differently (5.17, the GPU
+# machines' version): the same tensors under the earlier names.
+_EARLIER_DINOV2_NAMES = {
+    "attention.q_proj.": "attention.attention.query.",
+    "attention.k_proj.": "attention.attention.key.",
+    "attention.v_proj.": "attention.attention.value.",
+    "attention.o_proj.": "attention.output.dense.",
+    "mlp.down_proj.": "mlp.weights_out.",
+}
+
+
+def match_installed_names(state: dict[str, torch.Tensor], model) -> dict[str, torch.Tensor]:
+    """``state`` (current transformers names) renamed to what ``model`` (this transformers) uses."""
+    if not any(".attention.attention.query." in k for k in model.state_dict()):
+        return state
+    out = {}
+    for key, value in state.items():
+        if ".mlp.gate_proj." in key:  # the earlier SwiGLU holds gate then up in one weights_in
+            up = state[key.replace(".gate_proj.", ".up_proj.")]
+            out[key.replace(".mlp.gate_proj.", ".mlp.weights_in.")] = torch.cat([value, up])
+            continue
+        if ".mlp.up_proj." in key:
+            continue
+        for new, old in _EARLIER_DINOV2_NAMES.items():
+            key = key.replace("." + new, "." + old)
+        out[key] = value
+    return out
+
+
 def read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Tensors from ``.safetensors``, or from a ``.pth``/``.pt`` through torch's weights-only loader
     (a restricted unpickler that refuses code objects)."""
@@ -410,7 +439,7 @@ def load_original_checkpoint(
     """A transformers model holding the weights of an original Depth Anything V2 checkpoint."""
     model = DepthAnythingForDepthEstimation(model_config(preset, output_space, max_depth))
     try:
-        state = convert_original_state_dict(read_weights(path))
+        state = match_installed_names(convert_original_state_dict(read_weights(path)), model)
     except KeyError as err:
         raise ValueError(f"{os.fspath(path)}: {err.args[0]}") from None
     try:

@@ -110,7 +110,12 @@ def test_init_from_transformers_checkpoint(tmp_path):
 def original_state_dict(model) -> dict:
     """Rename a transformers model's tensors the way the original Depth Anything V2 code names them
     (DINOv2 `pretrained.*`, DPT head `depth_head.*`), written independently of distill.models."""
-    sd = model.state_dict()
+    sd = dict(model.state_dict())
+    for key in list(sd):  # transformers <= 5.17 names the attention projections differently
+        for old, new in ((".attention.attention.query.", ".attention.q_proj."), (".attention.attention.key.", ".attention.k_proj."),
+                         (".attention.attention.value.", ".attention.v_proj."), (".attention.output.dense.", ".attention.o_proj.")):
+            if old in key:
+                sd[key.replace(old, new)] = sd.pop(key)
     out = {
         "pretrained.cls_token": sd["backbone.embeddings.cls_token"],
         "pretrained.mask_token": sd["backbone.embeddings.mask_token"],
