@@ -35,10 +35,15 @@ OOM or hang of one part is recorded and the next part runs; a per-part timeout):
    GPU is visible; skipped, with the reason, otherwise.
 
 Output: ``gpu_check.json`` (``--output``; rewritten after every part, so a killed run leaves the
-parts done so far) and a table (part, status, key numbers, seconds). Exit code 1 when a part
-failed. Photos (``--photos DIR``; default ``<repo>/vendor/photos``, else ``../shared/data/photos``,
-else scikit-image's bundled photographs written as JPEGs): the JSON says which source was used.
-Labeling is measured on real photos, never random images (encoding cost depends on content).
+parts done so far; a failed part carries its error, the traceback's last lines and its log's
+tail), the per-part logs in ``gpu_check_logs/`` next to it (``--logs``), and a table (part,
+status, key numbers, seconds). Exit code 1 when a part failed.
+
+Photos (``--photos DIR``; default ``<repo>/vendor/photos``, else ``../shared/data/photos``, else
+scikit-image's bundled photographs written as JPEGs): the JSON says which source was used.
+Labeling is measured on real photos, never random images (encoding cost depends on content); the
+teachers have random weights (no hub on the node), whose depth maps are smoother than a trained
+teacher's, so their PNG encoding is, if anything, cheaper than in production.
 
 Goals of the GPU numbers (printed at the end and in ``goals``): the labeling job >= 85% of the
 bare batched bf16 forward for ``vitl``; training-engine overhead (bare / engine - 1) <= 15% for
@@ -47,10 +52,16 @@ with 16 CPU cores (``--budget-s``, default 285 s: once past it the remaining par
 
 ``--smoke``: ``tiny`` models, crops of 56, a few steps, fp32, a dozen photos; parts forked from
 one pre-imported process (``--isolation fork``) where no GPU is present, so the whole run takes
-about a minute on 2 cores. There the compile part uses the ``eager`` dynamo backend (graph capture
+about 40 s on 2 cores. There the compile part uses the ``eager`` dynamo backend (graph capture
 without inductor's C++ build, ~90 s on such a CPU), FSDP is skipped (accelerate runs FSDP only on
-GPUs), ZeRO-2 is skipped unless ``--with-deepspeed`` (its CPU op build and two launches take
-minutes), NCCL is skipped. ``tests/test_gpu_check.py`` runs it.
+GPUs), ZeRO-2 is skipped unless ``--with-deepspeed`` (two DeepSpeed launches on CPU: ~50 s, more
+the first time, when DeepSpeed builds its CPU op), NCCL is skipped. ``tests/test_gpu_check.py``
+runs it.
+
+Packages the node lacks (``benchmarks/prepare_gpu_vendor.sh`` vendors them as wheels): the parts
+that need one fail, or skip, with one line naming it (``albumentations``: parts 2, 3, 5;
+``deepspeed``: ZeRO-2 is skipped). ``PYTHONPATH`` is passed on to every part and launch, the
+repository root put first (the project need not be pip-installed there).
 """
 from __future__ import annotations
 
@@ -267,20 +278,28 @@ def sync(dev) -> None:
 
 
 class PeakMemory:
-    """Peak memory of one measurement: ``torch.cuda.max_memory_allocated`` on a GPU, else this
-    process's peak resident set (VmHWM, reset through /proc/self/clear_refs; DataLoader workers excluded)."""
+    """Peak memory of one measurement: on a GPU ``torch.cuda.max_memory_allocated`` less what was
+    allocated when it started (so what an earlier measurement of the part left does not count),
+    else this process's peak resident set (VmHWM, reset through /proc/self/clear_refs; DataLoader
+    workers excluded)."""
 
     def __init__(self, dev):
         self.dev = dev
-        self.kind = "cuda max_memory_allocated" if dev.type == "cuda" else "process peak RSS (VmHWM; workers excluded)"
+        self.baseline = 0
+        self.kind = ("cuda max_memory_allocated minus the allocation at the start of the measurement" if dev.type == "cuda"
+                     else "process peak RSS (VmHWM; DataLoader workers excluded)")
 
     def reset(self) -> None:
+        import gc  # noqa: PLC0415
+
         import torch  # noqa: PLC0415
 
+        gc.collect()  # an earlier run's Accelerator, model and optimizer
         if self.dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
             return
         try:
             with open("/proc/self/clear_refs", "w") as f:
@@ -292,7 +311,7 @@ class PeakMemory:
         import torch  # noqa: PLC0415
 
         if self.dev.type == "cuda":
-            return torch.cuda.max_memory_allocated() / 2**20
+            return (torch.cuda.max_memory_allocated() - self.baseline) / 2**20
         try:
             with open("/proc/self/status") as f:
                 for line in f:
@@ -428,11 +447,7 @@ def bare_run(ctx, stage: str, cfg, window: int, mem) -> dict:
         step(batches[i % len(batches)])
     sync(dev)
     rate = n * cfg.batch_size / (time.perf_counter() - start)
-    peak = mem.mib()
-    del model, optimizer, frozen, batches
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-    return {"bare_samples_per_s": rate, "bare_peak_mib": peak}
+    return {"bare_samples_per_s": rate, "bare_peak_mib": mem.mib()}  # the model goes with this frame
 
 
 def with_ratios(row: dict) -> dict:
@@ -455,9 +470,7 @@ def student_config(ctx, spec: dict, out: str, shards: str):
     from student.config import StudentConfig  # noqa: PLC0415
 
     overrides = train_overrides(ctx, spec["preset"], spec["batch"], spec["steps"], spec["window"], out)
-    # A random teacher's flip views disagree: its confidence maps are ~0 and would mask every pixel.
-    return load_config(StudentConfig, STUDENT_YAML, overrides + [f"data.groups.0.datasets.0.root={shards}",
-                                                                 "student.confidence=false"])
+    return load_config(StudentConfig, STUDENT_YAML, overrides + [f"data.groups.0.datasets.0.root={shards}"])
 
 
 def teacher_row(ctx, spec: dict, scenes: list[str], checkpointing: bool, mem, compile_=False) -> dict:
@@ -479,7 +492,7 @@ def save_random_teacher(ctx, preset: str, size: int, space=None) -> str:
 
     from distill.models import build_model, save_model  # noqa: PLC0415
 
-    torch.manual_seed(0)
+    torch.manual_seed(1234)  # not the student's seed: a student starting as the teacher's copy would have nothing to learn
     args = (preset,) if space is None else (preset, space)
     return save_model(build_model(*args), os.path.join(ctx.work, f"model_{preset}_{size}"), size=size)
 
@@ -566,9 +579,7 @@ def bare_forward(ctx, model_dir: str, files: list[str], batch: int, mem) -> dict
             forward(b)
         sync(dev)
         elapsed = time.perf_counter() - start
-    peak = mem.mib()
-    del model, batches
-    return {"bare_images_per_s": len(files) / elapsed, "bare_peak_mib": peak, "input_shapes": len(seen)}
+    return {"bare_images_per_s": len(files) / elapsed, "bare_peak_mib": mem.mib(), "input_shapes": len(seen)}
 
 
 def pipeline_loop(ctx, model_dir: str, files: list[str]) -> dict:
@@ -713,8 +724,7 @@ def part_student(ctx) -> None:
         def measure(spec=spec):
             row = {"preset": spec["preset"], "crop": ctx.settings["crop"], "batch": spec["batch"],
                    "precision": ctx.settings["precision"], "steps": spec["steps"], "window": spec["window"],
-                   "frozen_reference": "a frozen copy of the student's initial encoder (student.train's default)",
-                   "confidence_weighting": False}
+                   "frozen_reference": "a frozen copy of the student's initial encoder (student.train's default)"}
             out = os.path.join(ctx.work, f"student_{spec['preset']}")
             try:
                 row.update(engine_run(ctx, "student", student_config(ctx, spec, out, shards), mem))
@@ -913,8 +923,8 @@ def part_distributed(ctx) -> None:
     if importlib.util.find_spec("deepspeed") is None:
         runs["zero2"] = {"status": "skipped", "reason": "deepspeed not installed"}
     elif ctx.smoke and not ctx.flags.get("with_deepspeed"):
-        runs["zero2"] = {"status": "skipped", "reason": "smoke mode: two DeepSpeed launches on CPU take minutes (its CPU op "
-                                                         "build, imports); --with-deepspeed runs them"}
+        runs["zero2"] = {"status": "skipped", "reason": "smoke mode: two DeepSpeed launches on CPU take ~1 min (imports; "
+                                                         "its CPU op build the first time); --with-deepspeed runs them"}
     else:
         runs["zero2"] = ctx.row("zero2", lambda: distributed_run(ctx, "zero2", 1, cuda, deadline), append=False) or {"status": "error"}
     for name, run in runs.items():
