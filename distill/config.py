@@ -28,7 +28,6 @@ and ``run_main`` turn it into ``PROG: error: LINE`` on stderr and exit code 2 (`
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import difflib
 import json
@@ -93,13 +92,6 @@ def run_main(prog: str, main, argv: list[str] | None = None) -> int:
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     return 0 if result is None else result
-
-
-class CliParser(argparse.ArgumentParser):
-    """argparse whose errors go through ``fail`` (one line, exit 2). Deprecated: use ``parse_cli``."""
-
-    def error(self, message):
-        fail(self.prog, message)
 
 
 def _read_yaml(path: str | os.PathLike) -> dict:
