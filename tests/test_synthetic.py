@@ -208,3 +208,56 @@ def test_module_entry_point(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "distill.data.synthetic", "--out", str(tmp_path),
                           "--num", "1", "--geometry", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+
+
+# ------------------------------------------------------------------------------ photo style
+def test_photo_style_is_deterministic_and_differs_from_render():
+    a, b = render_scene(4, 48, 64, style="photo"), render_scene(4, 48, 64, style="photo")
+    for name in ("image", "depth", "valid", "intrinsics", "pose"):
+        np.testing.assert_array_equal(getattr(a, name), getattr(b, name))
+    r = render_scene(4, 48, 64, kind=a.kind, style="render")
+    assert np.abs(a.image.astype(int) - r.image.astype(int)).mean() > 10  # another image domain
+    with pytest.raises(ValueError, match="style"):
+        render_scene(0, style="painting")
+    with pytest.raises(ValueError, match="photo split"):
+        render_scene(0, style="photo", photos="val")
+
+
+@pytest.mark.parametrize("seed", [0, 5])
+def test_photo_style_depth_is_exact_nearest_hit(seed):
+    s = render_scene(seed, 40, 56, style="photo")
+    d, o = _rays(s)
+    t = np.full(s.depth.shape, np.inf)
+    for prim in s.primitives:
+        t = np.minimum(t, prim.intersect(tuple(o), tuple(d)))
+    ok = s.valid & (t <= MAX_DEPTH)
+    np.testing.assert_allclose(s.depth[ok], t[ok], rtol=1e-5)
+
+
+def test_photo_splits_are_disjoint_and_test_scenes_use_only_test_photos(monkeypatch):
+    train, test = syn.photo_names("train"), syn.photo_names("test")
+    assert train and test and not set(train) & set(test)
+    assert sorted(train + test) == sorted(syn.photo_names("all"))
+    used = []
+    real = syn._load_photo
+    monkeypatch.setattr(syn, "_load_photo", lambda name: used.append(name) or real(name))
+    for seed in range(4):
+        render_scene(seed, 24, 32, style="photo", photos="test")
+    assert used and set(used) <= set(test)
+    used.clear()
+    for seed in range(4):
+        render_scene(seed, 24, 32, style="photo", photos="train")
+    assert used and set(used) <= set(train)
+
+
+def test_cli_photo_style(tmp_path):
+    out = tmp_path / "p"
+    assert syn.main(["--out", str(out), "--num", "2", "--seed", "3", "--size", "32", "40",
+                     "--style", "photo", "--photos", "test"]) == 0
+    info = yaml.safe_load((out / "dataset.yaml").read_text())
+    assert info["style"] == "photo" and info["photos"] == syn.photo_names("test")
+    meta = json.loads((out / "intrinsics" / "scene_000001.json").read_text())
+    with Image.open(out / "rgb" / "scene_000001.png") as im:
+        np.testing.assert_array_equal(np.array(im), render_scene(meta["seed"], 32, 40, style="photo",
+                                                                 photos="test").image)
+    assert syn.main(["--out", str(out), "--num", "2", "--style", "oil"]) == 2

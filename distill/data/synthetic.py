@@ -16,13 +16,15 @@ Conventions
   ``depth`` is 0 there.
 
 API
-- ``render_scene(seed, height=256, width=256, kind=None, num_objects=None) -> SyntheticScene``
+- ``render_scene(seed, height=256, width=256, kind=None, num_objects=None, style="render",
+  photos="train") -> SyntheticScene``; ``style="photo"`` is a second image domain over the same
+  geometry (photo textures, tinted light, other layouts, camera noise/blur/exposure/JPEG)
 - ``target_for(scene, geometry, seed=0) -> (target, space)``: the training target in one of the
   geometries of ``distill.spaces``: ``metric`` (depth), ``uts`` (depth x a random scale) or
   ``utss`` (disparity x a random scale + a random shift, all values > 0); 0 where invalid.
 - ``write_dataset(out, num, seed=0, size=(256, 256), geometry="metric")`` and the CLI
   ``python -m distill.data.synthetic --out DIR --num N [--seed S] [--size H W]
-  [--geometry metric|uts|utss]``. Layout::
+  [--geometry metric|uts|utss] [--style render|photo] [--photos train|test|all]``. Layout::
 
       DIR/dataset.yaml               name, space, geometry, depth_scale, format, ...
       DIR/rgb/<key>.png              8-bit RGB
@@ -123,6 +125,30 @@ def _hash01(i, j):
     return _LATTICE[_PERM[(_PERM[i] + j) & 255]]
 
 
+def _photo_albedo(texture, u, v, blur):
+    """Bilinear sample of a photo texture, mirrored at its edges so it tiles without seams; one
+    unit of u, v spans the texture. Where ``blur`` -> 1 (texels finer than a pixel) the colour
+    fades to the texture's mean, like the procedural patterns."""
+    _, h, w = texture.shape
+    x, y = u * w, v * h
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = x - x0, y - y0
+
+    def mirror(i, n):
+        i = i.astype(np.intp) % (2 * n)
+        return np.where(i < n, i, 2 * n - 1 - i)
+
+    i0, i1 = mirror(x0, w), mirror(x0 + 1, w)
+    r0, r1 = mirror(y0, h) * w, mirror(y0 + 1, h) * w
+    out = []
+    for channel in texture.reshape(3, -1):
+        top = channel[r0 + i0] + (channel[r0 + i1] - channel[r0 + i0]) * fx
+        bot = channel[r1 + i0] + (channel[r1 + i1] - channel[r1 + i0]) * fx
+        c = top + (bot - top) * fy
+        out.append(c + (float(channel.mean()) - c) * blur)
+    return out
+
+
 @dataclass
 class Material:
     """A procedural albedo: ``kind`` picks the pattern, mixing colours ``c1``/``c2`` (linear RGB);
@@ -133,6 +159,7 @@ class Material:
     c2: tuple
     scale: float = 0.5
     offset: tuple = (0.0, 0.0)
+    texture: np.ndarray | None = None  # kind "photo": (3, h, w) float32 linear RGB, one period
 
     def albedo(self, u, v, footprint):
         """Colour channels [r, g, b] (3 arrays of M) at surface coordinates u, v (metres);
@@ -141,6 +168,8 @@ class Material:
         u = (u / self.scale + self.offset[0]).astype(np.float32)
         v = (v / self.scale + self.offset[1]).astype(np.float32)
         kind, shade = self.kind, None
+        if kind == "photo":
+            return _photo_albedo(self.texture, u, v, np.clip(footprint / self.scale * 3 - 0.5, 0, 1))
         if kind == "plain":
             f = _noise(u * 2, v * 2) * 0.35
         elif kind == "checker":
@@ -426,7 +455,24 @@ def _place_objects(rng, n, cam, bounds, size_scale, dist, yaw, hfov):
     return objs
 
 
-def _sample(rng, kind, num_objects, hfov):
+@dataclass(frozen=True)
+class Layout:
+    """The ranges a style draws its layouts from (object counts, camera height and pitch in degrees)."""
+
+    room_objects: tuple = (3, 9)
+    room_camera_height: tuple = (1.0, 1.9)
+    room_pitch: tuple = (0, 25)
+    outdoor_objects: tuple = (4, 13)
+    outdoor_camera_height: tuple = (1.2, 2.5)
+    outdoor_pitch: tuple = (-3, 12)
+
+
+RENDER_LAYOUT = Layout()
+# Cluttered rooms and streets seen from lower, higher and more tilted viewpoints.
+PHOTO_LAYOUT = Layout((6, 13), (0.5, 2.3), (-12, 38), (9, 19), (0.7, 4.0), (-10, 22))
+
+
+def _sample(rng, kind, num_objects, hfov, layout=RENDER_LAYOUT):
     """Random layout: primitives, camera position, yaw, pitch and lighting."""
     if kind == "room":
         w, h, d = rng.uniform(4, 9), rng.uniform(2.6, 3.6), rng.uniform(5, 12)
@@ -434,18 +480,18 @@ def _sample(rng, kind, num_objects, hfov):
         ceiling = _material(rng, ["plain"], sat=(0, 0.1), val=(0.8, 0.95))
         walls = _material(rng, ["plain", "plain", "bricks", "stripes", "noise"], sat=(0.05, 0.5),
                           val=(0.6, 0.95), scale=(0.2, 0.8), contrast=0.25)
-        cam = np.array([rng.uniform(-0.25, 0.25) * w, rng.uniform(1.0, 1.9), rng.uniform(0.3, 1.5)])
-        yaw, pitch = rng.uniform(-0.45, 0.45), math.radians(rng.uniform(0, 25))
-        n = int(rng.integers(3, 9)) if num_objects is None else num_objects
+        cam = np.array([rng.uniform(-0.25, 0.25) * w, rng.uniform(*layout.room_camera_height), rng.uniform(0.3, 1.5)])
+        yaw, pitch = rng.uniform(-0.45, 0.45), math.radians(rng.uniform(*layout.room_pitch))
+        n = int(rng.integers(*layout.room_objects)) if num_objects is None else num_objects
         objs = _place_objects(rng, n, cam, (-w / 2, w / 2, 0, d), 1.0, (1.5, d), yaw, hfov)
         light = np.array([rng.uniform(-0.3, 0.3) * w, h - 0.2, rng.uniform(0.3, 0.7) * d])
         return [Room((w, h, d), (floor, ceiling, walls))] + objs, cam, yaw, pitch, light
     hue = (0.08, 0.1, 0.25, 0.3, 0.6)[rng.integers(5)]  # earth, sand, grass, grass, slate
     ground = _material(rng, ["noise", "noise", "tiles", "checker", "planks"], hue=hue, sat=(0.1, 0.6),
                        val=(0.3, 0.7), scale=(0.5, 2.0), contrast=0.4)
-    cam = np.array([0.0, rng.uniform(1.2, 2.5), 0.0])
-    yaw, pitch = rng.uniform(-np.pi, np.pi), math.radians(rng.uniform(-3, 12))
-    n = int(rng.integers(4, 13)) if num_objects is None else num_objects
+    cam = np.array([0.0, rng.uniform(*layout.outdoor_camera_height), 0.0])
+    yaw, pitch = rng.uniform(-np.pi, np.pi), math.radians(rng.uniform(*layout.outdoor_pitch))
+    n = int(rng.integers(*layout.outdoor_objects)) if num_objects is None else num_objects
     objs = _place_objects(rng, n, cam, (-1e3, 1e3, -1e3, 1e3), 2.2, (3, 25), yaw, hfov)
     if num_objects is None:  # a few large far boxes: buildings / walls on the horizon
         for _ in range(int(rng.integers(0, 4))):
@@ -456,6 +502,99 @@ def _sample(rng, kind, num_objects, hfov):
     el, az = rng.uniform(0.35, 1.1), rng.uniform(-np.pi, np.pi)
     sun = np.array([math.cos(el) * math.sin(az), math.sin(el), math.cos(el) * math.cos(az)])
     return [Ground(ground)] + objs, cam, yaw, pitch, sun
+
+
+# ------------------------------------------------------------------------ the "photo" style
+# A second domain for domain-transfer experiments (``benchmarks/distill_gain.py``): the same
+# geometry and exact depth, but images that differ from the renders the way photographs do:
+# surfaces textured with crops of real photographs, tinted light, other layouts, and a camera
+# (exposure, white balance, vignetting, sensor noise, defocus blur, JPEG).
+STYLES = ("render", "photo")
+PHOTO_SPLITS = ("train", "test", "all")
+# scikit-image's bundled photographs (no download) and, where present, the project's shared photos.
+SKIMAGE_PHOTOS = ("astronaut", "brick", "camera", "chelsea", "clock", "coffee", "coins", "grass", "gravel",
+                  "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina", "rocket", "text")
+SHARED_PHOTOS = os.path.join(os.path.dirname(os.path.abspath(__file__)), *[os.pardir] * 3, "shared", "data", "photos")
+# Photos only test scenes are textured with (split "test"); training and validation use the others.
+TEST_PHOTOS = ("coffee", "gravel", "moon", "rocket", "demo16", "demo17", "demo18", "demo19", "demo20")
+_PHOTO_MAX_SIDE = 384
+_photo_cache: dict = {}
+
+
+def photo_names(split: str) -> list[str]:
+    """The photographs of a split: ``train`` (all but TEST_PHOTOS), ``test`` or ``all``."""
+    if split not in PHOTO_SPLITS:
+        raise ValueError(f"unknown photo split {split!r}; valid: {', '.join(PHOTO_SPLITS)}")
+    shared = sorted(os.path.splitext(f)[0] for f in os.listdir(SHARED_PHOTOS)) if os.path.isdir(SHARED_PHOTOS) else []
+    names = [*SKIMAGE_PHOTOS, *shared]
+    return names if split == "all" else [n for n in names if (n in TEST_PHOTOS) == (split == "test")]
+
+
+def _load_photo(name: str) -> np.ndarray:
+    """uint8 (h, w, 3), at most _PHOTO_MAX_SIDE pixels a side; cached per process."""
+    if name not in _photo_cache:
+        from PIL import Image
+
+        if name in SKIMAGE_PHOTOS:
+            import skimage.data
+
+            image = Image.fromarray(np.asarray(getattr(skimage.data, name)()))
+        else:
+            image = Image.open(os.path.join(SHARED_PHOTOS, f"{name}.jpg"))
+            image.draft("RGB", (_PHOTO_MAX_SIDE, _PHOTO_MAX_SIDE))  # JPEG: decode at a reduced scale
+        image = image.convert("RGB")
+        image.thumbnail((_PHOTO_MAX_SIDE, _PHOTO_MAX_SIDE))
+        _photo_cache[name] = np.asarray(image)
+    return _photo_cache[name]
+
+
+def _photo_material(rng, names, scale):
+    """A material textured with a random crop of a random photograph (linear RGB, greys tinted)."""
+    import cv2
+
+    photo = _load_photo(names[rng.integers(len(names))])
+    h, w = photo.shape[:2]
+    ch = max(8, int(rng.uniform(0.2, 0.7) * min(h, w)))
+    cw = min(w, max(8, int(ch * rng.uniform(0.6, 1.6))))
+    top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
+    crop = photo[top:top + ch, left:left + cw]
+    if max(crop.shape[:2]) > 128:
+        f = 128 / max(crop.shape[:2])
+        crop = cv2.resize(crop, (max(1, round(cw * f)), max(1, round(ch * f))), interpolation=cv2.INTER_AREA)
+    texture = (crop.astype(np.float32) / 255) ** 2.2 * np.asarray(_hsv(rng.random(), rng.uniform(0, 0.3), 1.0), np.float32)
+    texture *= rng.uniform(0.5, 1.0)
+    return Material("photo", (0, 0, 0), (0, 0, 0), float(rng.uniform(*scale)), tuple(rng.uniform(0, 1, 2)),
+                    np.ascontiguousarray(texture.transpose(2, 0, 1)))
+
+
+def _photo_materials(rng, prims, names, p_photo=0.85):
+    """Re-texture most surfaces of a sampled layout with photographs, keeping a pattern's period."""
+    for prim in prims:
+        if isinstance(prim, Room):
+            prim.materials = tuple(_photo_material(rng, names, (1.0, 4.0)) if rng.random() < p_photo else m
+                                   for m in prim.materials)
+        elif rng.random() < p_photo:
+            prim.material = _photo_material(rng, names, (prim.material.scale * 2, prim.material.scale * 8))
+
+
+def _camera(linear, height, width, rng):
+    """What a camera does to the linear image (3, H*W, pixel order): exposure, white balance,
+    vignetting, Poisson-Gaussian sensor noise, gamma, defocus blur and JPEG. Returns uint8 (H, W, 3)."""
+    import cv2
+
+    gain = math.exp(rng.normal(0, 0.35)) * np.exp(rng.normal(0, 0.08, 3)).astype(np.float32)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    r2 = ((xx - (width - 1) / 2) ** 2 + (yy - (height - 1) / 2) ** 2) / ((width / 2) ** 2 + (height / 2) ** 2)
+    x = linear * gain[:, None] * (1 - rng.uniform(0, 0.5) * r2.ravel())[None]
+    x = np.clip(x, 0, 1)
+    shot, read = rng.uniform(0.002, 0.02), rng.uniform(1e-5, 5e-4)
+    x = x + np.sqrt(shot * x + read) * rng.standard_normal(x.shape).astype(np.float32)
+    image = (np.sqrt(np.clip(x, 0, 1)) * 255 + 0.5).astype(np.uint8).T.reshape(height, width, 3)
+    if rng.random() < 0.6:
+        image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.3, 1.4))
+    quality = int(rng.integers(20, 75))
+    ok, data = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    return cv2.cvtColor(cv2.imdecode(data, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
 
 
 # ---------------------------------------------------------------------------------- rendering
@@ -540,20 +679,28 @@ def _shadowed(prims, owner, p, light, point):
 
 
 def render_scene(seed: int, height: int = 256, width: int = 256, kind: str | None = None,
-                 num_objects: int | None = None) -> SyntheticScene:
+                 num_objects: int | None = None, style: str = "render", photos: str = "train") -> SyntheticScene:
     """Render scene ``seed``: a ``room`` (floor, walls, ceiling, point light) or an ``outdoor``
     ground plane under a sky (sun light, far buildings), with boxes, spheres and cylinders standing
     on the floor. ``kind`` and ``num_objects`` override the random choices (``num_objects=0``
-    leaves only the room / ground plane)."""
+    leaves only the room / ground plane). ``style="photo"`` renders the photo domain (see above),
+    its textures cropped from the ``photos`` split (``train``, ``test``, ``all``)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
+    photo = style == "photo"
+    names = photo_names(photos) if photo else None
     rng = np.random.default_rng(seed)
+    style_rng = np.random.default_rng([seed, 1]) if photo else None  # textures, light, camera
     if kind is None:
-        kind = KINDS[int(rng.random() < 0.4)]
+        kind = KINDS[int(rng.random() < (0.5 if photo else 0.4))]
     if kind not in KINDS:
         raise ValueError(f"unknown scene kind {kind!r}; valid: {', '.join(KINDS)}")
     hfov = math.radians(rng.uniform(45, 90))
     fx = (width / 2) / math.tan(hfov / 2)
     K = np.array([[fx, 0, (width - 1) / 2], [0, fx, (height - 1) / 2], [0, 0, 1.0]])
-    prims, cam, yaw, pitch, light = _sample(rng, kind, num_objects, hfov)
+    prims, cam, yaw, pitch, light = _sample(rng, kind, num_objects, hfov, PHOTO_LAYOUT if photo else RENDER_LAYOUT)
+    if photo:
+        _photo_materials(style_rng, prims, names)
     light = [float(c) for c in light]  # python floats keep float32 shading in float32
     R = _rotation(yaw, pitch)
 
@@ -619,14 +766,26 @@ def render_scene(seed: int, height: int = 256, width: int = 256, kind: str | Non
     if lit.size and len(prims) > 1:  # cast shadows, from points lifted off the surface
         lifted = tuple(p[a][lit] + 1e-3 * n[a][lit] for a in range(3))
         direct[lit[_shadowed(prims, owner[lit], lifted, light, kind == "room")]] = 0
-    img = alb * (amb + direct)
+    if photo:  # tinted light (warm lamps, cool daylight) of another strength, another ambient
+        tint = np.asarray(_hsv(style_rng.uniform(0.0, 0.7), style_rng.uniform(0, 0.35), 1.0), np.float32)
+        tint *= style_rng.uniform(0.6, 1.6)
+        amb = amb * style_rng.uniform(0.4, 1.8)
+        img = alb * (amb + direct * tint[:, None])
+    else:
+        img = alb * (amb + direct)
     if kind == "outdoor":  # aerial perspective: fade to the horizon colour with distance
         img += (_HORIZON[:, None] - img) * (1 - np.exp(-dist / 60))
     sky = _sky(*(a[:n_sky] for a in ds), light) if n_sky else [np.empty(0, np.float32)] * 3
-    image = np.empty((3, height * width), np.uint8)
-    for c in range(3):  # gamma 2 encoding, back to pixel order
-        image[c][order] = np.sqrt(np.clip(np.concatenate([sky[c], img[c]]), 0, 1)) * 255 + 0.5
-    image = np.ascontiguousarray(image.T)
+    if photo:
+        linear = np.empty((3, height * width), np.float32)
+        for c in range(3):  # back to pixel order
+            linear[c][order] = np.concatenate([sky[c], img[c]])
+        image = _camera(linear, height, width, style_rng)
+    else:
+        image = np.empty((3, height * width), np.uint8)
+        for c in range(3):  # gamma 2 encoding, back to pixel order
+            image[c][order] = np.sqrt(np.clip(np.concatenate([sky[c], img[c]]), 0, 1)) * 255 + 0.5
+        image = np.ascontiguousarray(image.T)
     pose = np.eye(4)
     pose[:3, :3], pose[:3, 3] = R, cam
     return SyntheticScene(image.reshape(height, width, 3), depth.reshape(height, width),
@@ -665,10 +824,15 @@ class SyntheticReader(torch.utils.data.Dataset):
     shift (utss), with intrinsics. No disk, deterministic, fast enough to feed a tiny model."""
 
     def __init__(self, num: int = 1000, seed: int = 0, height: int = 256, width: int = 256,
-                 geometry: str = "metric", kind: str | None = None, name: str = "synthetic"):
+                 geometry: str = "metric", kind: str | None = None, name: str = "synthetic",
+                 style: str = "render", photos: str = "train"):
         if geometry not in GEOMETRIES:
             raise ValueError(f"unknown geometry {geometry!r}; valid: {', '.join(GEOMETRIES)}")
+        if style not in STYLES:
+            raise ValueError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
+        photo_names(photos)  # checks the split
         self.num, self.seed, self.size, self.geometry, self.kind, self.name = num, seed, (height, width), geometry, kind, name
+        self.style, self.photos = style, photos
 
     def __len__(self):
         return self.num
@@ -679,7 +843,7 @@ class SyntheticReader(torch.utils.data.Dataset):
         if not 0 <= index < self.num:
             raise IndexError(f"{self.name}: index {index} out of range [0, {self.num})")
         s = scene_seed(self.seed, index)
-        scene = render_scene(s, *self.size, kind=self.kind)
+        scene = render_scene(s, *self.size, kind=self.kind, style=self.style, photos=self.photos)
         target, space = target_for(scene, self.geometry, s)
         return Sample(scene.image, target, scene.valid.copy(), space, self.geometry, self.name,
                       f"{self.name}_{self.seed}_{index:07d}", intrinsics=scene.intrinsics)
@@ -705,7 +869,7 @@ def _save_png(path, array):
 
 
 def write_dataset(out: str, num: int, seed: int = 0, size: tuple = (256, 256),
-                  geometry: str = "metric") -> None:
+                  geometry: str = "metric", style: str = "render", photos: str = "train") -> None:
     """Write ``num`` samples to ``out`` in the layout of the module docstring; ``dataset.yaml``
     comes last, so its presence means the folder is complete. Sample i uses the scene seed drawn
     from SeedSequence([seed, i]) (saved in its intrinsics JSON), so datasets with different seeds
@@ -721,7 +885,7 @@ def write_dataset(out: str, num: int, seed: int = 0, size: tuple = (256, 256),
     for i in range(num):
         key = f"scene_{i:06d}"
         seed_i = scene_seed(seed, i)
-        scene = render_scene(seed_i, *size)
+        scene = render_scene(seed_i, *size, style=style, photos=photos)
         target, space = target_for(scene, geometry, seed_i)
         _save_png(os.path.join(out, "rgb", f"{key}.png"), scene.image)
         if geometry == "utss":
@@ -740,18 +904,21 @@ def write_dataset(out: str, num: int, seed: int = 0, size: tuple = (256, 256),
         "format": {"rgb": "rgb/{key}.png", "depth": "depth/{key}.npy" if utss else "depth/{key}.png",
                    "depth_dtype": "float32" if utss else "uint16", "intrinsics": "intrinsics/{key}.json",
                    "invalid_value": 0},
-        "num_samples": num, "size": list(size), "seed": seed,
+        "num_samples": num, "size": list(size), "seed": seed, "style": style,
     }
+    if style == "photo":
+        info["photos"] = photo_names(photos)
     text = yaml.safe_dump(info, sort_keys=False).encode()
     _atomic(os.path.join(out, "dataset.yaml"), lambda f: f.write(text))
 
 
 # ------------------------------------------------------------------------------ previews, CLI
-def contact_sheet(path: str, num: int = 16, size: int = 256, seed: int = 0, cols: int = 4) -> None:
+def contact_sheet(path: str, num: int = 16, size: int = 256, seed: int = 0, cols: int = 4,
+                  style: str = "render", photos: str = "train") -> None:
     """Save a grid of ``num`` scenes, each image next to its colourised depth."""
     tiles = []
     for i in range(num):
-        s = render_scene(seed + i, size, size)
+        s = render_scene(seed + i, size, size, style=style, photos=photos)
         tiles.append(np.concatenate([s.image, colorize(s.depth, s.valid)], 1))
     rows = [np.concatenate(tiles[r:r + cols], 1) for r in range(0, num, cols)]
     _save_png(path, np.concatenate(rows, 0))
@@ -776,6 +943,8 @@ class SyntheticCommand:
     seed: int = 0  # dataset seed
     size: tuple[int, int] = (256, 256)  # image height and width
     geometry: Literal["metric", "uts", "utss"] = "metric"  # metric: depth in mm; uts: x random scale; utss: disparity
+    style: Literal["render", "photo"] = "render"  # photo: the photo domain (photo textures, camera effects)
+    photos: Literal["train", "test", "all"] = "train"  # the photographs the photo style textures with
     benchmark: bool = False  # print rendering speed and exit
     contact_sheet: str | None = None  # save a preview grid (PNG) and exit
 
@@ -789,13 +958,13 @@ def _main(argv=None) -> int:
         benchmark(size=tuple(args.size))
         return 0
     if args.contact_sheet:
-        contact_sheet(args.contact_sheet, seed=args.seed)
+        contact_sheet(args.contact_sheet, seed=args.seed, style=args.style, photos=args.photos)
         return 0
     if args.out is None or args.num is None:
         raise ConfigError("--out and --num are required")
     if args.num < 0 or args.seed < 0 or min(args.size) < 1:
         raise ConfigError("--num and --seed must be >= 0, --size H W positive")
-    write_dataset(args.out, args.num, args.seed, tuple(args.size), args.geometry)
+    write_dataset(args.out, args.num, args.seed, tuple(args.size), args.geometry, args.style, args.photos)
     print(f"wrote {args.num} samples to {args.out}")
     return 0
 
