@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForDepthEstimation,
     DepthAnythingConfig,
     DepthAnythingForDepthEstimation,
@@ -49,6 +50,8 @@ class ModelPreset:
 PRESETS: dict[str, ModelPreset] = {
     # A few layers and a small width: random-weight tests and the CPU quickstart.
     "tiny": ModelPreset(32, 4, 2, (1, 2, 3, 4), 16, (8, 16, 32, 32), None, head_hidden_size=8),
+    # Half of tiny's width: the smaller student of benchmarks/distill_gain.py.
+    "nano": ModelPreset(16, 4, 2, (1, 2, 3, 4), 8, (4, 8, 16, 16), None, head_hidden_size=4),
     "vits": ModelPreset(384, 12, 6, (3, 6, 9, 12), 64, (48, 96, 192, 384), "facebook/dinov2-small"),
     "vitb": ModelPreset(768, 12, 12, (3, 6, 9, 12), 128, (96, 192, 384, 768), "facebook/dinov2-base"),
     "vitl": ModelPreset(1024, 24, 16, (5, 12, 18, 24), 256, (256, 512, 1024, 1024), "facebook/dinov2-large"),
@@ -153,11 +156,25 @@ def build_model(
     return model
 
 
-def load_frozen_reference(dinov2: str) -> Dinov2Backbone:
-    """A frozen DINOv2 of any size (hub id or directory) giving its final-layer patch tokens
-    (LayerNorm applied), the reference of the student's feature-alignment loss."""
-    cfg = Dinov2Config.from_pretrained(dinov2)
-    encoder = Dinov2Backbone.from_pretrained(dinov2, out_indices=[cfg.num_hidden_layers], reshape_hidden_states=False)
+def load_frozen_reference(ref: str) -> Dinov2Backbone:
+    """The frozen reference of the student's feature-alignment loss, giving its final-layer patch
+    tokens (LayerNorm applied): a DINOv2 of any size (hub id or directory), or the DINOv2 encoder of
+    a depth model (a model directory or training run, e.g. the teacher: the option where no
+    pretrained DINOv2 is reachable, or to keep the student close to what its teacher has learnt)."""
+    reference = resolve_reference(ref)
+    cfg = AutoConfig.from_pretrained(reference)
+    if isinstance(cfg, Dinov2Config):
+        encoder = Dinov2Backbone.from_pretrained(reference, out_indices=[cfg.num_hidden_layers],
+                                                 reshape_hidden_states=False)
+    elif isinstance(getattr(cfg, "backbone_config", None), Dinov2Config):
+        backbone = load_depth_model(reference).backbone
+        inner = {**cfg.backbone_config.to_dict(), "out_features": None, "reshape_hidden_states": False,
+                 "out_indices": [cfg.backbone_config.num_hidden_layers]}
+        encoder = Dinov2Backbone(Dinov2Config(**inner))
+        encoder.load_state_dict(backbone.state_dict())
+    else:
+        raise ModelError(f"{ref}: the frozen reference must be a DINOv2 or a depth model with a DINOv2 "
+                         f"encoder, not a {getattr(cfg, 'model_type', '?')!r} model")
     return encoder.eval().requires_grad_(False)
 
 

@@ -40,8 +40,9 @@ class StudentConfig(TrainConfig):
     # distill.models.resolve_model accepts) in the loop on the pseudo group's images instead of
     # reading pseudo-label shards. For small corpora and quick experiments.
     teacher: str | None = None
-    # The frozen reference of feature alignment (DINOv2 hub id or directory, any size: another width
-    # than the student's adds a trained linear projection); default: a frozen copy of the
-    # student's initial encoder.
+    # The frozen reference of feature alignment: a DINOv2 (hub id or directory, any size: another
+    # width than the student's adds a trained linear projection), or a depth model / training run
+    # whose DINOv2 encoder is taken (e.g. the teacher's, where no pretrained DINOv2 is reachable);
+    # default: a frozen copy of the student's initial encoder.
     frozen_dinov2: str | None = None
     student: StudentObjectiveConfig = field(default_factory=StudentObjectiveConfig)

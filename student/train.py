@@ -64,7 +64,7 @@ def _main(argv=None) -> int:
     preprocessing = model_preprocessing(cfg.model)
     if cfg.frozen_dinov2:
         frozen = load_frozen_reference(cfg.frozen_dinov2)
-        frozen_preprocessing = load_preprocessing(cfg.frozen_dinov2, frozen.config)
+        frozen_preprocessing = load_preprocessing(resolve_reference(cfg.frozen_dinov2), frozen.config)
     else:
         frozen, frozen_preprocessing = copy.deepcopy(model.backbone), preprocessing
     try:

@@ -148,6 +148,24 @@ def test_feature_projection_for_a_frozen_reference_of_another_width(tmp_path):
         attach_feature_projection(models.build_model("tiny", DEPTH_UP_TO_SCALE), frozen)
 
 
+def test_frozen_reference_from_a_depth_models_encoder(tmp_path):
+    """A teacher's run as the frozen reference: its encoder's weights, the final layer's tokens."""
+    torch.manual_seed(0)
+    teacher = models.build_model("tiny", DEPTH_UP_TO_SCALE).eval()
+    models.save_model(teacher, tmp_path / "teacher" / "final")
+    frozen = models.load_frozen_reference(str(tmp_path / "teacher"))  # the run resolves to final/
+    assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
+    x = torch.randn(1, 3, 28, 42)
+    with torch.no_grad():
+        expect = teacher.backbone(pixel_values=x).feature_maps[-1]
+        got = frozen(pixel_values=x).feature_maps
+    assert len(got) == 1 and torch.allclose(got[0], expect, atol=1e-6)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(models.ModelError, match="DINOv2"):
+        models.load_frozen_reference(str(tmp_path / "other"))
+
+
 def test_online_student_run(tmp_path):
     """Teacher in the loop (a tiny random teacher's training run directory, resolved to its final/)
     and a frozen reference wider than the student: trains, validates, checkpoints the projection,
