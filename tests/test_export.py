@@ -1,0 +1,67 @@
+"""distill/export.py: the exportable forward equals the model's, the ONNX graph has dynamic sizes and
+matches PyTorch on real photos (onnxruntime), bad input gets one line and exit code 2."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from distill import deploy, models
+from distill.spaces import DEPTH_UP_TO_SCALE
+
+pytest.importorskip("onnxruntime")
+
+
+def test_exportable_forward_is_the_models():
+    torch.manual_seed(0)
+    model = models.build_model("tiny", DEPTH_UP_TO_SCALE).eval()
+    wrapped = deploy.exportable(model)
+    assert isinstance(wrapped, deploy.ExportableDepthAnything)
+    for shape in ((1, 3, 42, 56), (2, 3, 70, 28)):
+        x = torch.randn(*shape)
+        with torch.no_grad():
+            assert torch.equal(wrapped(x), model(pixel_values=x).predicted_depth)
+
+
+@pytest.fixture(scope="module")
+def saved_model(tmp_path_factory):
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("model") / "run" / "final"
+    models.save_model(models.build_model("tiny", DEPTH_UP_TO_SCALE), path)
+    return path.parent  # a training run: resolved to its final/
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_export_matches_pytorch_at_two_sizes(saved_model, tmp_path, precision, capsys):
+    import onnxruntime as ort
+
+    out = tmp_path / "onnx"
+    assert deploy.main(["--model", str(saved_model), "--output", str(out), "--precision", precision,
+                        "--check-sizes", "56", "98"]) == 0
+    info = json.loads((out / "export.json").read_text())
+    sizes = {tuple(r["size"]) for r in info["parity"]}
+    assert len(info["parity"]) >= 4 and len({s[0] for s in sizes}) == 2  # >= 2 photos x 2 sizes
+    assert info["max_relative_l2"] <= deploy.TOLERANCE[precision] and info["output_space"] == "depth:uts"
+    for name in ("config.json", "preprocessor_config.json", "README.md"):
+        assert (out / name).is_file()
+    # dynamic batch and sizes: a shape never seen at export time
+    session = ort.InferenceSession(str(out / info["file"]), providers=["CPUExecutionProvider"])
+    x = np.random.default_rng(0).standard_normal((3, 3, 14 * 5, 14 * 9)).astype(np.float16 if precision == "fp16" else np.float32)
+    assert session.run(None, {"pixel_values": x})[0].shape == (3, 70, 126)
+    assert "parity with PyTorch" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output", "x"], "--model is required"),
+    (["--model", "{tmp}", "--output", "{tmp}/o"], "not a model directory"),
+    (["--model", "{model}", "--output", "{file}"], "not a directory"),
+    (["--model", "{model}", "--output", "{tmp}/o", "--check-sizes", "0"], "--check-sizes"),
+    (["--model", "{model}", "--output", "{tmp}/o", "--check-images", "{tmp}/missing.jpg"], "missing.jpg"),
+])
+def test_bad_input_one_line_exit_2(saved_model, tmp_path, argv, message, capsys):
+    (tmp_path / "file").write_text("x")
+    argv = [a.format(tmp=tmp_path, model=saved_model, file=tmp_path / "file") for a in argv]
+    assert deploy.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()  # nothing written
