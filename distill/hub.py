@@ -64,7 +64,7 @@ KNOWN_LICENSES = {
 }
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RELEASE_FILES = {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "training_config.yaml",
-                 "evaluation"}
+                 "evaluation", "onnx"}
 METRIC_LABELS = {"abs_rel": "AbsRel ↓", "sq_rel": "SqRel ↓", "rmse": "RMSE ↓", "rmse_log": "RMSElog ↓",
                  "log10": "log10 ↓", "silog": "SILog ↓", "d1": "δ1 ↑", "d2": "δ2 ↑", "d3": "δ3 ↑"}
 CARD_METRICS = ("abs_rel", "d1", "d2", "d3", "rmse", "silog")
@@ -327,14 +327,56 @@ def prepare_output_dir(out: Path) -> None:
     out.mkdir(parents=True)
 
 
+def read_onnx_export(folder, model_reference: str) -> dict:
+    """The ``export.json`` of a ``distill/export.py`` folder, checked to be an export of this model
+    that passed its parity check."""
+    path = Path(folder) / "export.json"
+    try:
+        info = json.loads(path.read_text())
+        file = Path(folder) / info["file"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ReleaseError(f"--onnx {folder}: not an export folder of distill/export.py ({path}: {type(err).__name__})") from None
+    if not file.is_file():
+        raise ReleaseError(f"--onnx {folder}: {file.name} is missing (a failed parity check removes it)")
+    if os.path.abspath(info.get("reference", "")) != os.path.abspath(model_reference):
+        raise ReleaseError(f"--onnx {folder}: exported from {info.get('reference')!r}, not from {model_reference!r}")
+    return info
+
+
+def onnx_section(info: dict) -> str:
+    p = info["preprocessing"]
+    worst = info["max_relative_l2"]
+    dtype = "float16" if info["precision"] == "fp16" else "float32"
+    return f"""## ONNX
+
+`onnx/{info['file']}` (opset {info['opset']}, {info['precision']}; relative L2 to the PyTorch model at most
+{worst:.1e} on real photos, checked with onnxruntime). Input `pixel_values` [batch, 3, H, W] with H and W
+multiples of {p['multiple']}, normalised as `preprocessor_config.json` says; output `predicted_depth`
+[batch, H, W] in the output space below.
+
+```python
+import numpy as np, onnxruntime as ort
+from PIL import Image
+from transformers import AutoImageProcessor
+
+processor = AutoImageProcessor.from_pretrained(REPO_ID)
+session = ort.InferenceSession("onnx/{info['file']}", providers=["CPUExecutionProvider"])
+pixel_values = processor(images=Image.open("photo.jpg"), return_tensors="np")["pixel_values"]
+depth = session.run(None, {{"pixel_values": pixel_values.astype(np.{dtype})}})[0][0]
+```
+"""
+
+
 def build_release(model_name: str, repo_id: str, out_dir, license: str | None = None, base_models=None,
-                  datasets=(), eval_files=(), input_size: int = INPUT_SIZE) -> tuple[Path, list[str]]:
-    """Write the release folder; returns (folder, warnings)."""
+                  datasets=(), eval_files=(), input_size: int = INPUT_SIZE, onnx=None) -> tuple[Path, list[str]]:
+    """Write the release folder (with ``onnx``, an export folder of ``distill/export.py``, its ONNX
+    file under ``onnx/``); returns (folder, warnings)."""
     evals = read_evaluations(eval_files)
     bases = list(base_models) if base_models else default_base_models(model_name)
     chosen, warnings = choose_license(license, bases)
     resolved = resolve_model(model_name)
     model, space = resolved.model, resolved.output_space
+    exported = read_onnx_export(onnx, resolved.reference) if onnx else None
     out = Path(out_dir)
     source = Path(resolved.reference).resolve() if os.path.isdir(resolved.reference) else None
     if source is not None and (out.resolve() == source or out.resolve() in source.parents):
@@ -359,6 +401,13 @@ def build_release(model_name: str, repo_id: str, out_dir, license: str | None = 
             (out / "evaluation" / name).write_text(json.dumps(clean, indent=2) + "\n")
     card = build_card(repo_id, space, model.config, chosen, bases, list(datasets or ()), evals,
                       (out / "training_config.yaml").is_file())
+    if exported:
+        (out / "onnx").mkdir()
+        for name in (exported["file"], "export.json", "README.md"):
+            if (Path(onnx) / name).is_file():
+                shutil.copy(Path(onnx) / name, out / "onnx" / name)
+        usage_end = card.index("## Output space") if "## Output space" in card else len(card)
+        card = card[:usage_end] + onnx_section(exported).replace("REPO_ID", json.dumps(repo_id)) + "\n" + card[usage_end:]
     (out / "README.md").write_text(card, encoding="utf-8")
     return out, warnings
 
@@ -433,6 +482,7 @@ class ReleaseConfig:
     output_dir: str | None = None  # release folder (default runs/release/<NAME>)
     input_size: int = INPUT_SIZE  # image processor size
     commit_message: str | None = None
+    onnx: str | None = None  # an export folder of distill/export.py: its ONNX file goes in onnx/
 
 
 PROG = "release.py"
@@ -448,7 +498,7 @@ def _main(argv=None) -> int:
         raise ReleaseError(f"--repo-id {args.repo_id!r}: expected USER/NAME")
     out_dir = args.output_dir or os.path.join("runs", "release", args.repo_id.split("/")[1])
     folder, warnings = build_release(args.model, args.repo_id, out_dir, args.license, args.base_model,
-                                     args.datasets, args.eval, args.input_size)
+                                     args.datasets, args.eval, args.input_size, args.onnx)
     for w in warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     check = validate_folder(folder)

@@ -31,13 +31,22 @@ def saved_model(tmp_path_factory):
     return path.parent  # a training run: resolved to its final/
 
 
+def export(model, out, precision):
+    assert deploy.main(["--model", str(model), "--output", str(out), "--precision", precision,
+                        "--check-sizes", "56", "98"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def fp32_export(saved_model, tmp_path_factory):
+    return export(saved_model, tmp_path_factory.mktemp("export") / "onnx", "fp32")
+
+
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-def test_export_matches_pytorch_at_two_sizes(saved_model, tmp_path, precision, capsys):
+def test_export_matches_pytorch_at_two_sizes(saved_model, fp32_export, tmp_path, precision):
     import onnxruntime as ort
 
-    out = tmp_path / "onnx"
-    assert deploy.main(["--model", str(saved_model), "--output", str(out), "--precision", precision,
-                        "--check-sizes", "56", "98"]) == 0
+    out = fp32_export if precision == "fp32" else export(saved_model, tmp_path / "onnx", precision)
     info = json.loads((out / "export.json").read_text())
     sizes = {tuple(r["size"]) for r in info["parity"]}
     assert len(info["parity"]) >= 4 and len({s[0] for s in sizes}) == 2  # >= 2 photos x 2 sizes
@@ -48,7 +57,20 @@ def test_export_matches_pytorch_at_two_sizes(saved_model, tmp_path, precision, c
     session = ort.InferenceSession(str(out / info["file"]), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((3, 3, 14 * 5, 14 * 9)).astype(np.float16 if precision == "fp16" else np.float32)
     assert session.run(None, {"pixel_values": x})[0].shape == (3, 70, 126)
-    assert "parity with PyTorch" in capsys.readouterr().out
+
+
+def test_release_carries_the_onnx_file(saved_model, fp32_export, tmp_path):
+    from distill import hub
+
+    folder, _ = hub.build_release(str(saved_model), "me/tiny", tmp_path / "release", onnx=fp32_export)
+    assert (folder / "onnx" / "model.onnx").read_bytes() == (fp32_export / "model.onnx").read_bytes()
+    card = (folder / "README.md").read_text()
+    assert "## ONNX" in card and 'ort.InferenceSession("onnx/model.onnx"' in card
+    assert card.index("## ONNX") < card.index("## Output space")
+    other = tmp_path / "other" / "final"
+    models.save_model(models.build_model("tiny", DEPTH_UP_TO_SCALE), other)
+    with pytest.raises(hub.ReleaseError, match="exported from"):  # an export of another model
+        hub.build_release(str(other), "me/tiny", tmp_path / "release2", onnx=fp32_export)
 
 
 @pytest.mark.parametrize("argv, message", [
