@@ -22,7 +22,7 @@ size; seed k of every student learns from teacher seed k; all scored single-pass
       encoder: no pretrained DINOv2 here)          trained on source labels only (9a)
 The "full recipe" row (7 or 8) is picked on target validation before the test is read.
 
-Every command line goes to ``OUT/commands.sh``, its output to ``OUT/logs/``; a rerun skips what is
+Every command line of an invocation goes to ``OUT/commands.sh``, its output to ``OUT/logs/``; a rerun skips what is
 finished (models with ``final/``, labels with a manifest, evaluations with their JSON). Writes
 ``OUT/distill_gain.json`` (every score, per seed) and ``OUT/distill_gain.png`` (bars with +-1 std,
 and a strip input | teacher | student | ground truth on target test scenes), and prints the table.

@@ -221,6 +221,10 @@ def resolve_reference(ref: str) -> str:
         raise ModelError(f"{ref}: not a model directory (no config.json) nor a training run (no final/config.json)")
     if os.path.exists(ref) or ref.startswith((".", "/", "~")) or ref.endswith(WEIGHT_FILES) or not _HUB_ID.match(ref):
         raise ModelError(f"{ref}: not a model directory, a training run, a {'/'.join(WEIGHT_FILES)} file nor a hub id")
+    owner = ref.split("/")[0]
+    if "/" in ref and os.path.isdir(owner):  # runs/teacher-tiny with a typo: a missing path, not a hub id
+        raise ModelError(f"{ref}: no such model directory or training run (./{owner}/ is a local folder, "
+                         "so it is not read as a hub id)")
     return ref
 
 

@@ -46,7 +46,7 @@ def test_size_multiple_from_the_processor_or_the_patch_size():
     assert inference_size(480, 640, 518, 32) == (544, 704) and resize_for_inference(np.zeros((48, 64, 3), np.uint8), 28, 32).shape == (32, 32, 3)
 
 
-def test_resolver_accepts_run_dirs_model_dirs_and_hub_ids_and_refuses_the_rest(tmp_path):
+def test_resolver_accepts_run_dirs_model_dirs_and_hub_ids_and_refuses_the_rest(tmp_path, monkeypatch):
     model = models.build_model("tiny", RELATIVE_DISPARITY)
     models.save_model(model, tmp_path / "run" / "final")
     assert models.resolve_reference(str(tmp_path / "run")) == str(tmp_path / "run" / "final")
@@ -59,6 +59,9 @@ def test_resolver_accepts_run_dirs_model_dirs_and_hub_ids_and_refuses_the_rest(t
                          ("weights.pth", "not a model directory"), ("a/b/c", "nor a hub id")]:
         with pytest.raises(ConfigError, match=message):
             models.resolve_model(str(ref))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="no such model directory"):  # a typo under a local folder
+        models.resolve_reference("run/finl")
     torch.save({k: v for k, v in model.state_dict().items()}, tmp_path / "model.pth")
     with pytest.raises(ConfigError, match="needs a preset"):
         models.resolve_model(str(tmp_path / "model.pth"))
