@@ -154,6 +154,34 @@ class Experiment:
         result = json.loads(path.read_text())
         return {"abs_rel": result["abs_rel"], "d1": result["d1"]}
 
+    def label_quality(self, labels: Path) -> dict:
+        """How good the pseudo-labels are, scored against the corpus's depth (read for this
+        diagnostic only, never by training): scale-log AbsRel and d1, averaged over images."""
+        import torch
+
+        from distill.data.readers import FolderReader, ShardReader
+        from distill.evaluation import mean_metrics
+        from distill.metrics import METRIC_NAMES, per_image_metrics, protocol_depth
+        from distill.spaces import OutputSpace
+
+        path = self.out / "eval" / f"labels-{labels.name}.json"
+        if path.is_file():
+            return json.loads(path.read_text())
+        corpus, shards = FolderReader(self.data / "corpus"), ShardReader(labels)
+        rows = []
+        for i in range(len(shards)):
+            label = shards[i]
+            truth = corpus[int(label.key.split("_")[1])]  # scene_000123_<hash>: corpus image 123
+            pred, gt = torch.from_numpy(label.target)[None], torch.from_numpy(truth.target)[None]
+            mask = torch.from_numpy(truth.valid)[None] & (gt > 0) & torch.from_numpy(label.valid)[None]
+            depth = protocol_depth(pred, OutputSpace(label.space, label.geometry), gt, mask, "scale-log")
+            m = per_image_metrics(depth, gt, mask)
+            rows.append({"skipped": not bool(m["valid"][0]), **{k: float(m[k][0]) for k in METRIC_NAMES}})
+        result = {k: v for k, v in mean_metrics(rows).items() if k in ("abs_rel", "d1")}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result))
+        return result
+
     def run_seed(self, seed: int) -> dict[str, Path]:
         models = {"1": self.teacher("teacher", seed)}
         labels = self.label(f"teacher-seed{seed}", models["1"])
@@ -209,6 +237,8 @@ def table(summary: dict) -> str:
               f"full recipe (row {summary['full_recipe_row']}, picked on target val) vs teacher, per seed: {gains}",
               f"nano student vs nano on source labels, per seed: {nano}",
               f"each part vs the row before, per seed: {steps}"]
+    for name, q in summary.get("label_quality", {}).items():
+        lines.append(f"corpus labels, {name}: AbsRel {cell(q['abs_rel'])}, d1 {cell(q['d1'])}")
     return "\n".join(lines)
 
 
@@ -273,22 +303,30 @@ def _main(argv=None) -> int:
     started = time.perf_counter()
     exp = Experiment(args)
     exp.generate()
-    scores, models = {}, {}
+    scores, models, quality = {}, {}, {}
     for seed in range(args.seeds):
         models[seed] = exp.run_seed(seed)
         for row, model in models[seed].items():
             scores.setdefault(row, {})[seed] = {ds: exp.score(model, ds) for ds in ("target-val", "target-test", "source-test")}
+        quality[seed] = {"teacher, single pass": exp.score(models[seed]["1"], "corpus"),
+                         "teacher, flip TTA (labels of rows 2-7, 9)": exp.label_quality(exp.out / "labels" / f"teacher-seed{seed}"),
+                         "row 7, flip TTA (labels of row 8)": exp.label_quality(exp.out / "labels" / f"row7-seed{seed}")}
         if seed == 0:  # fix the style before the students mean anything: is the domain gap real?
             gap = scores["1"][0]["target-test"]["abs_rel"] / scores["1"][0]["source-test"]["abs_rel"]
             print(f"teacher seed 0: target / source test AbsRel = {gap:.2f}x", flush=True)
     summary = summarise(scores)
-    summary.update({"settings": vars(args), "scores": scores, "stage_seconds": exp.stages.times,
-                    "minutes": (time.perf_counter() - started) / 60})
-    (exp.out / "distill_gain.json").write_text(json.dumps(summary, indent=1))
+    summary["label_quality"] = {name: {m: mean_std([quality[s][name][m] for s in quality]) for m in ("abs_rel", "d1")}
+                                for name in quality[0]}
+    report = exp.out / "distill_gain.json"
+    earlier = json.loads(report.read_text()) if report.is_file() else {}  # a resumed run adds to its time
+    minutes = (time.perf_counter() - started) / 60
+    summary.update({"settings": vars(args), "scores": scores, "stage_seconds": exp.stages.times, "minutes": minutes,
+                    "minutes_all_invocations": earlier.get("minutes_all_invocations", earlier.get("minutes", 0.0)) + minutes})
+    report.write_text(json.dumps(summary, indent=1))
     figure(exp.out / "distill_gain.png", summary, exp, models[0])
     print(table(summary))
-    print(f"wrote {exp.out / 'distill_gain.json'} and {exp.out / 'distill_gain.png'} "
-          f"({summary['minutes']:.1f} min)")
+    print(f"wrote {report} and {exp.out / 'distill_gain.png'} ({minutes:.1f} min; "
+          f"{summary['minutes_all_invocations']:.1f} min with earlier invocations on this directory)")
     return 0
 
 
