@@ -130,6 +130,7 @@ class Experiment:
         config["student"].update({k: v for k, v in settings.items() if k != "perturb"})
         config["student"]["perturb"].update(settings["perturb"])
         config["model"]["preset"] = preset
+        config["optim"]["lr"] = 1.0e-3  # the teacher's: every row with the same optimizer settings
         config["frozen_dinov2"] = str(teacher)  # only read where feature_weight > 0
         config["data"]["groups"] = [{"name": "pseudo", "parts": 1, "datasets": [{"reader": "shards", "root": str(labels)}]}]
         if row in ("7", "8", "9"):  # Depth Anything V1: labeled 1 : pseudo-labeled 2 in every batch
