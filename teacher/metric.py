@@ -2,7 +2,7 @@
 metric script does: the checkpoint's encoder (and, with ``keep_decoder``, its decoder) under a
 metric head (``max_depth`` x sigmoid), trained with SiLog (docs/RECIPE.md#silog) on metric data.
 
-    accelerate launch distill/finetune_metric.py --config configs/metric/vits-indoor.yaml \\
+    accelerate launch -m teacher.metric --config configs/metric/vits.yaml \\
         model.init_from=runs/student-vits [key=value | --key value ...]
 
 The same engine as the other stages (checkpoints, resume, SIGTERM, validation with the metric
@@ -11,6 +11,7 @@ protocol, trackers); the final model records ``output_space: depth``, ``output_g
 from __future__ import annotations
 
 import copy
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -23,7 +24,7 @@ from distill.models import freeze_unused_parameters, resolve_model
 from distill.preprocessing import DEFAULT, Preprocessing
 from distill.spaces import METRIC_DEPTH
 
-PROG = "finetune_metric.py"
+PROG = "teacher.metric"
 
 
 @dataclass
@@ -92,5 +93,9 @@ def _main(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    """``distill/finetune_metric.py`` and the ``distill-finetune-metric`` console script."""
+    """``accelerate launch -m teacher.metric`` and the ``distill-finetune-metric`` console script."""
     return run_main(PROG, _main, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

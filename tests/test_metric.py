@@ -82,12 +82,12 @@ def test_metric_model_refuses_another_kind(tmp_path):
 
 def test_finetune_command_writes_a_metric_model(relative_run, tmp_path):
     out = tmp_path / "metric"
-    cmd = [sys.executable, str(ROOT / "distill" / "finetune_metric.py"), "--config", str(ROOT / "configs" / "metric" / "tiny.yaml"),
+    cmd = [sys.executable, "-m", "teacher.metric", "--config", str(ROOT / "configs" / "metric" / "tiny.yaml"),
            f"model.init_from={relative_run}", f"output_dir={out}", "max_steps=40", "log_every=10", "eval_every=40",
            "save_every=40", "tracker=none", "batch_size=4", "data.crop_size=42", "data.num_workers=0", "data.val_max_samples=2",
            "data.groups.0.datasets.0.options.height=48", "data.groups.0.datasets.0.options.width=64",
            "data.val.0.options.height=48", "data.val.0.options.width=64"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [10, 20, 30, 40] and all(math.isfinite(r["loss"]) for r in log)
@@ -95,8 +95,8 @@ def test_finetune_command_writes_a_metric_model(relative_run, tmp_path):
     assert log[-1]["loss"] < 0.8 * log[0]["loss"]  # it learns (1.29 -> 0.75 here): the metric head finds the scale
     resolved = models.resolve_model(str(out))
     assert resolved.output_space.geometry == "metric" and resolved.model.config.max_depth == 40
-    missing = subprocess.run([sys.executable, str(ROOT / "distill" / "finetune_metric.py"), "--config",
+    missing = subprocess.run([sys.executable, "-m", "teacher.metric", "--config",
                               str(ROOT / "configs" / "metric" / "tiny.yaml"), f"output_dir={tmp_path / 'x'}"],
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert missing.returncode == 2 and "model.init_from is required" in missing.stderr
     assert missing.stderr.strip().count("\n") == 0
