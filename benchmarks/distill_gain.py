@@ -117,7 +117,7 @@ class Experiment:
         if not (out / "manifest.json").is_file():
             self.stages.run("pseudolabel", accelerate_launch(
                 "distill/pseudolabel.py", "--teacher", str(model), "--input", str(self.data / "corpus.txt"),
-                "--output", str(out), "--input-size", str(INPUT_SIZE), "--tta", "flip", "--store-image", "reencode",
+                "--output", str(out), "--resize", "depth_anything", "--input-size", str(INPUT_SIZE), "--tta", "flip", "--store-image", "reencode",
                 "--image-ext", "png", "--shard-size", "500", "--no-progress"))
         return out
 

@@ -506,7 +506,7 @@ def run_job(ctx, teacher: str, inputs: str, out: str, batch: int, mem, extra=(),
 
     s = ctx.settings
     size = input_size or s["labeling"]["input_size"]
-    overrides = [f"teacher={teacher}", f"input={inputs}", f"output={out}", f"batch_size={batch}", f"input_size={size}",
+    overrides = [f"teacher={teacher}", f"input={inputs}", f"output={out}", f"batch_size={batch}", "resize=depth_anything", f"input_size={size}",
                  "tta=none", "compile=false", f"precision={s['label_precision']}", f"num_workers={s['job_workers']}",
                  "progress=true", *extra]
     cfg = load_config(PseudolabelConfig, None if ctx.smoke else CLUSTER_YAML, overrides)

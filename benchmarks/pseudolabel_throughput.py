@@ -1,13 +1,16 @@
 """Pseudo-labeling throughput: the job against a transformers pipeline loop and the bare model.
 
 In one run, on the same images (../shared/data/photos, else scikit-image's sample photos) and the
-same random-weight model (Depth Anything ``tiny`` and ``vits`` presets, input size 518):
+same random-weight model (Depth Anything ``tiny`` and ``vits`` presets at 518, the tiny model of every
+transformers depth architecture of ``distill.architectures`` at its own processor's size, and a
+two-teacher job: Depth Anything + GLPN):
 
 1. images/s of a loop over ``transformers.pipeline("depth-estimation")``, the way most users label;
 2. images/s of this job, end to end (``pseudolabel.job.run``: listing, model load, decoding in
    DataLoader workers, inference, resizing back, PNG encoding, shard writing, manifest);
-3. images/s of the bare model forward on pre-decoded, pre-resized uint8 tensors, batched by size as
-   the job batches them, at the job's batch size (normalisation included): the limit; (3b) the
+3. images/s of the bare model forward on inputs prepared before timing by the model's image
+   processor (as the job's workers prepare them), batched by size as the job batches them, at the
+   job's batch size: the limit (two teachers: both forwards); (3b) the
    same with two forwards running concurrently, as the job runs its model on a CPU by default
    (``streams``, see ``pseudolabel.runner``), i.e. the limit of the job's way of using the cores.
 
@@ -20,7 +23,8 @@ lose up to 10x (``OMP_WAIT_POLICY=PASSIVE`` avoids that, at about -40% on an idl
 Then the peak memory (PSS of the job process and its workers, sampled every 50 ms) of the job on
 the corpus and on a corpus 10x larger (the photos linked 10 times under other names): flat.
 
-    python benchmarks/pseudolabel_throughput.py [--presets tiny vits] [--batch-size 1] [--workers 2]
+    python benchmarks/pseudolabel_throughput.py [--presets tiny vits] [--architectures dpt glpn ...]
+        [--batch-size 1] [--workers 2]
 """
 from __future__ import annotations
 
@@ -81,19 +85,26 @@ def measure_pipeline(model_dir: str, files: list[str]) -> float:
 
 
 def measure_bare(model_dir: str, files: list[str], batch_size: int, streams: int = 1) -> float:
-    """The forward alone; ``streams`` > 1: that many threads run forwards concurrently, each with
-    cores / streams intra-op threads (what the job does on a CPU)."""
+    """The forward alone, on the inputs the job makes (``distill.inference.InputRule``: the model's
+    image processor, prepared before timing; the job normalises in its decoding workers too), several
+    teachers (``model_dir`` "A,B") one after the other; ``streams`` > 1: that many threads run forwards
+    concurrently, each with cores / streams intra-op threads (what the job does on a CPU)."""
     import torch  # noqa: PLC0415
 
     from distill.data.formats import read_rgb  # noqa: PLC0415
-    from distill.preprocessing import normalize_images, resize_for_inference  # noqa: PLC0415
-    from distill.models import load_depth_model  # noqa: PLC0415
+    from distill.inference import InputRule  # noqa: PLC0415
+    from distill.models import resolve_model  # noqa: PLC0415
 
-    model = load_depth_model(model_dir).eval()
-    buckets: dict[tuple, list] = {}  # the job's batches: one inference size per batch
+    teachers = [resolve_model(d) for d in model_dir.split(",")]
+    rules = [InputRule("processor", t.preprocessing, t.processor) for t in teachers]
+    models = [t.model.eval() for t in teachers]
+    buckets: dict[tuple, list] = {}  # the job's batches: one input size per batch and teacher
     for f in files:
-        x = torch.from_numpy(resize_for_inference(read_rgb(f), 518)).permute(2, 0, 1).contiguous()
-        buckets.setdefault(tuple(x.shape), []).append(x)
+        rgb = read_rgb(f)
+        for k, rule in enumerate(rules):
+            x = torch.from_numpy(rule.prepare(rgb))
+            buckets.setdefault((k, tuple(x.shape)), []).append(x)
+    batches = [(k, torch.stack(xs[i:i + batch_size])) for (k, _), xs in buckets.items() for i in range(0, len(xs), batch_size)]
     batches = [torch.stack(xs[i:i + batch_size]) for xs in buckets.values() for i in range(0, len(xs), batch_size)]
     if streams > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // streams))
@@ -106,11 +117,12 @@ def measure_bare(model_dir: str, files: list[str], batch_size: int, streams: int
                 with lock:
                     if not pending:
                         return
-                    b = pending.pop()
-                model(pixel_values=normalize_images(b)).predicted_depth.float()
+                    k, b = pending.pop()
+                models[k](pixel_values=b).predicted_depth.float()
 
     with torch.inference_mode():
-        model(pixel_values=normalize_images(batches[0]))  # warm-up
+        for k, b in {k: b for k, b in batches}.items():  # warm-up, each teacher
+            models[k](pixel_values=b)
     start = time.perf_counter()
     threads = [threading.Thread(target=forward_all) for _ in range(streams)]
     for t in threads:
@@ -186,6 +198,9 @@ def run_job(model_dir: str, corpus: str, out: str, batch_size: int, workers: int
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "vits"])
+    parser.add_argument("--architectures", nargs="*", default=None,
+                        help="rows of tiny random models of these transformers architectures (distill.architectures; "
+                             "default: all) and one row of two teachers (Depth Anything + GLPN)")
     parser.add_argument("--batch-size", type=int, default=1, help="the job's batch size (on this CPU 1 is the fastest)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=0, help="corpus = the photos linked this many times (0: 5 for tiny, 1 otherwise)")
@@ -204,22 +219,31 @@ def main():
         print(f"{len(files)} photos ({source}); {os.cpu_count()} CPU cores, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, OMP_WAIT_POLICY={env.get('OMP_WAIT_POLICY', 'unset')}; job: batch size "
               f"{args.batch_size}, {args.workers} decoding workers, default options {args.job_args}".rstrip())
-        print(f"{'preset':7s} {'images':>6s} {'(1) pipeline':>13s} {'(2) job':>9s} {'(3) bare':>9s} {'(2)/(3)':>8s} "
+        print(f"{'preset':14s} {'images':>6s} {'(1) pipeline':>13s} {'(2) job':>9s} {'(3) bare':>9s} {'(2)/(3)':>8s} "
               f"{'(2)/(1)':>8s} {'(3b) bare, 2 streams':>21s} {'(2)/(3b)':>9s}")
         model_dirs = {}
         for preset in args.presets:
             torch.manual_seed(0)
             model_dirs[preset] = save_model(build_model(preset), os.path.join(tmp, f"model_{preset}"))
+        from distill.architectures import TINY, save_tiny  # noqa: PLC0415
+
+        architectures = list(TINY) if args.architectures is None else args.architectures
+        for arch in architectures:
+            model_dirs[arch] = save_tiny(arch, os.path.join(tmp, f"arch_{arch}"))
+        if {"depth_anything", "glpn"} <= set(architectures):
+            model_dirs["2 teachers"] = f"{model_dirs['depth_anything']},{model_dirs['glpn']}"
+        for preset in model_dirs:
             repeat = args.repeat or (5 if preset == "tiny" else 1)
-            corpus = os.path.join(tmp, f"corpus_{preset}")
+            corpus = os.path.join(tmp, f"corpus_{preset.replace(' ', '_')}")
             images = linked_corpus(files, corpus, repeat)
-            p1 = in_subprocess("pipeline", model_dirs[preset], images, args.batch_size, env)
-            job = run_job(model_dirs[preset], corpus, os.path.join(tmp, f"out_{preset}"), args.batch_size, args.workers, env,
+            several = "," in model_dirs[preset]  # no pipeline runs two models
+            p1 = float("nan") if several else in_subprocess("pipeline", model_dirs[preset], images, args.batch_size, env)
+            job = run_job(model_dirs[preset], corpus, os.path.join(tmp, f"out_{preset.replace(' ', '_')}"), args.batch_size, args.workers, env,
                           args.job_args.split())
             p3 = in_subprocess("bare", model_dirs[preset], images, args.batch_size, env)
             p3b = in_subprocess("bare", model_dirs[preset], images, args.batch_size, env, streams=2)
             p2 = job["rate"]
-            print(f"{preset:7s} {len(images):6d} {p1:10.2f}/s {p2:6.2f}/s {p3:6.2f}/s {p2 / p3:8.0%} {p2 / p1:7.2f}x "
+            print(f"{preset:14s} {len(images):6d} {p1:10.2f}/s {p2:6.2f}/s {p3:6.2f}/s {p2 / p3:8.0%} {p2 / p1:7.2f}x "
                   f"{p3b:18.2f}/s {p2 / p3b:9.0%}", flush=True)
             print(f"        job: start-up {job['wall_s'] - job['labeling_s']:.0f} s (imports, listing, model load), "
                   f"{job['breakdown']}", flush=True)

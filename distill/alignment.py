@@ -93,3 +93,49 @@ def align_median_log(pred_depth: torch.Tensor, gt_depth: torch.Tensor, mask: tor
     scale = torch.exp(masked_median(diff, m))
     aligned = (p64 * scale[:, None]).reshape(p.shape).to(pred_depth.dtype)
     return (aligned[0], scale[0]) if squeeze else (aligned, scale)
+
+
+# --- agreement of several predictions (test-time augmentation views, several teachers) ------------
+def _lsq_align(p: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Per image least-squares s, t with s * p + t ~ ref (``distill.alignment``). p: [K, B, N], ref: [B, N]."""
+    k, b, n = p.shape
+    rows, target = p.reshape(k * b, n), ref.expand(k, b, n).reshape(k * b, n)
+    scale, shift = lsq_scale_shift(rows, target, torch.ones_like(rows, dtype=torch.bool))
+    return (scale[:, None] * rows + shift[:, None]).reshape(k, b, n)
+
+
+def _median_shift(d: torch.Tensor) -> torch.Tensor:
+    """Per image median of d [K, B, N] (``distill.alignment.masked_median``), as [K, B, 1]."""
+    k, b, n = d.shape
+    rows = d.reshape(k * b, n)
+    return masked_median(rows, torch.ones_like(rows, dtype=torch.bool)).reshape(k, b, 1)
+
+
+def combine(preds: torch.Tensor, space) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align K predictions [K, B, H, W] of one ``distill.spaces.OutputSpace`` to their mean (utss:
+    least-squares scale and shift; uts: median-log scale; metric: none); return (the mean of the
+    aligned maps [B, H, W], their relative spread: see ``pseudolabel.tta``)."""
+    k, b, h, w = preds.shape
+    p = preds.reshape(k, b, h * w)
+    positive = space.space in ("depth", "disparity")
+    if space.geometry == "utss":
+        aligned = _lsq_align(p, p.mean(0))
+    elif space.geometry == "uts":
+        if positive:
+            logp = torch.log(p.clamp_min(EPS))
+            aligned = p * torch.exp(_median_shift(logp.mean(0, keepdim=True) - logp))
+        else:
+            aligned = p + _median_shift(p.mean(0, keepdim=True) - p)
+    else:
+        aligned = p
+    label = aligned.mean(0)
+    if positive and bool((p >= 0).all()):
+        label = label.clamp_min(0)  # alignment may dip a never-negative map (ReLU zeros) below 0
+    if space.geometry == "utss":
+        scale = (label - label.median(-1, keepdim=True).values).abs().mean(-1, keepdim=True).clamp_min(EPS)
+        spread = aligned.std(0, unbiased=False) / scale
+    elif positive:
+        spread = torch.log(aligned.clamp_min(EPS)).std(0, unbiased=False)
+    else:
+        spread = aligned.std(0, unbiased=False)
+    return label.reshape(b, h, w), spread.reshape(b, h, w)

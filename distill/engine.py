@@ -5,14 +5,18 @@ One ``Accelerator`` (fp32/fp16/bf16, gradient accumulation, DDP/DeepSpeed/FSDP f
 checkpoints with ``save_state`` (plus the data sampler's position, so a resumed run continues the
 same data order), SIGTERM -> checkpoint and clean exit, periodic validation with
 ``distill.metrics``, trackers, a progress bar and ``metrics.jsonl`` on the main process, and the
-final model in transformers format. A stage supplies only its model, its batch recipe (data
-transforms) and its objective: ``objective(model, batch) -> (loss, logs)``.
+final model in transformers format. Off by default: layer-wise lr decay of a ViT encoder and an
+EMA of the weights (both from timm; the EMA is validated and exported in place of the weights). A
+stage supplies only its model, its batch recipe (data transforms) and its objective:
+``objective(model, batch) -> (loss, logs)``.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import time
@@ -22,13 +26,16 @@ from typing import Callable, Literal
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType, InitProcessGroupKwargs, set_seed
+from timm.optim import param_groups_layer_decay
+from timm.utils import ModelEmaV3
 from tqdm.auto import tqdm
 
-from distill.config import save_config, to_dict
+from distill.config import ConfigError, save_config, to_dict
 from distill.data.loading import DataConfig, build_train_loader, build_val_sets
 from distill.evaluation import evaluate_samples, read_samples
 from distill.metrics import METRIC_NAMES
-from distill.models import build_model, freeze_unused_parameters, load_preprocessing, resolve_model, resolve_reference, save_model
+from distill.models import (build_model, default_preprocessing, freeze_unused_parameters, load_preprocessing,
+                            model_config, resolve_model, resolve_reference, save_model)
 from distill.preprocessing import DEFAULT, INPUT_SIZE, Preprocessing
 from distill.spaces import OutputSpace
 
@@ -39,7 +46,7 @@ TRAINING_HEADS = "training_heads."
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"
+    preset: str = "tiny"  # a name of distill.models.PRESETS: Depth Anything (tiny, vits...), dpt-*, glpn-*
     dinov2: str | None = None  # encoder init: DINOv2 hub id or directory (decoder random)
     init_from: str | None = None  # or a whole depth model in transformers format
     max_depth: int | None = None  # metric/GP2 head unit; default per output space
@@ -57,6 +64,17 @@ class OptimConfig:
     schedule: Literal["poly", "linear", "cosine", "constant"] = "poly"
     poly_power: float = 0.9
     grad_clip: float = 1.0  # 0: off
+    layer_decay: float = 1.0  # ViT encoder block i of L at lr * layer_decay^(L - i), embeddings ^(L + 1); 1: off
+    ema_decay: float = 0.0  # EMA of the weights, validated and exported instead of them; 0: off
+    ema_start_step: int = 0  # the EMA equals the weights for this many optimizer steps, then averages
+
+    def __post_init__(self):
+        if not 0.0 < self.layer_decay <= 1.0:
+            raise ValueError(f"layer_decay={self.layer_decay} must be in (0, 1] (1: off)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay={self.ema_decay} must be in [0, 1) (0: off)")
+        if self.ema_start_step < 0:
+            raise ValueError(f"ema_start_step={self.ema_start_step} must be >= 0")
 
 
 @dataclass
@@ -97,23 +115,66 @@ def make_model(cfg: ModelConfig, output_space: OutputSpace):
 
 def model_preprocessing(cfg: ModelConfig) -> Preprocessing:
     """The input rule of the model ``make_model`` builds: a whole model's own image processor, else
-    the Depth Anything / DINOv2 defaults (ImageNet mean/std, patch 14)."""
-    return load_preprocessing(resolve_reference(cfg.init_from)) if cfg.init_from else DEFAULT
+    the Depth Anything / DINOv2 defaults (ImageNet mean/std) at the preset's size multiple."""
+    if cfg.init_from:
+        return load_preprocessing(resolve_reference(cfg.init_from))
+    return default_preprocessing(model_config(cfg.preset))
+
+
+# Parameter names (fnmatch patterns) without weight decay, besides all 1-d ones (norms, biases).
+NO_WEIGHT_DECAY = ("*position_embeddings*", "*token*")
+# Where the encoder's parameters live: Depth Anything / DPT (``backbone.``), GLPN's MiT (``glpn.``).
+ENCODER_PREFIXES = ("backbone.", "glpn.")
+# The blocks of a DINOv2 (ViT) encoder, whose index layer-wise lr decay reads.
+ENCODER_BLOCK = r"^backbone\.encoder\.layer\.(\d+)\."
 
 
 def param_groups(model, cfg: OptimConfig) -> list[dict]:
-    """Encoder at ``lr``, decoder at ``lr * decoder_lr_scale``; no weight decay on norms and biases."""
+    """Encoder at ``lr`` (per layer with ``layer_decay`` < 1: ``encoder_layer_groups``), decoder at
+    ``lr * decoder_lr_scale``; no weight decay on norms and biases."""
+    layered = cfg.layer_decay != 1.0
     groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        part = "encoder" if name.startswith("backbone.") else "decoder"
-        decay = p.ndim > 1 and "position_embeddings" not in name and "token" not in name
+        part = "encoder" if name.startswith(ENCODER_PREFIXES) else "decoder"
+        if layered and part == "encoder":
+            continue
+        decay = p.ndim > 1 and not any(fnmatch.fnmatch(name, pattern) for pattern in NO_WEIGHT_DECAY)
         lr = cfg.lr * (1.0 if part == "encoder" else cfg.decoder_lr_scale)
         key = (part, decay)
         groups.setdefault(key, {"params": [], "lr": lr, "weight_decay": cfg.weight_decay if decay else 0.0, "name": part})
         groups[key]["params"].append(p)
-    return list(groups.values())
+    return (encoder_layer_groups(model, cfg) if layered else []) + list(groups.values())
+
+
+class _EncoderLayers(torch.nn.Module):
+    """The model's encoder under its own name (``backbone.``) with the ``group_matcher`` timm's
+    ``param_groups_layer_decay`` reads: layer 0 the embeddings, layer i + 1 block i, and the rest
+    (the final norm) last, at the full encoder lr."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def group_matcher(self, coarse: bool = False) -> dict:
+        return {"embeddings": r"^backbone\.embeddings\.", "blocks": ENCODER_BLOCK}
+
+
+def encoder_layer_groups(model, cfg: OptimConfig) -> list[dict]:
+    """Layer-wise lr decay (BEiT) of a ViT encoder through timm: block i of L at
+    ``lr * layer_decay^(L - i)``, the embeddings at ``lr * layer_decay^(L + 1)``, the weight-decay
+    rule of ``param_groups``."""
+    if not any(re.match(ENCODER_BLOCK, name) for name, _ in model.named_parameters()):
+        raise ConfigError(f"optim.layer_decay={cfg.layer_decay} needs a ViT encoder with blocks backbone.encoder.layer.N "
+                          "(DINOv2) and this model has none: set optim.layer_decay=1")
+    scaled = param_groups_layer_decay(_EncoderLayers(model.backbone), weight_decay=cfg.weight_decay,
+                                      no_weight_decay_list=NO_WEIGHT_DECAY, layer_decay=cfg.layer_decay)
+    # timm leaves lr_scale to its own schedulers; here the lr is set once and LambdaLR scales each group's own.
+    groups = [{"params": g["params"], "lr": cfg.lr * g["lr_scale"], "weight_decay": g["weight_decay"], "name": "encoder"}
+              for g in scaled]
+    # top layer first: the logged lr (the first group's) stays the encoder's lr
+    return sorted(groups, key=lambda g: -g["lr"])
 
 
 def make_optimizer(model, cfg: OptimConfig):
@@ -264,6 +325,7 @@ def validate(model, val_sets: list, output_space: OutputSpace, accelerator: Acce
     prints): the protocol of the model's output space, each set's benchmark crop and depth range,
     per image, averaged over all images of all ranks. Only samples whose targets are depth up to
     scale or better are scored."""
+    was_training = model.training  # the EMA copy stays in eval mode
     model.eval()
     sums = torch.zeros(len(METRIC_NAMES) + 1, device=accelerator.device, dtype=torch.float64)
     for val in val_sets:
@@ -273,7 +335,7 @@ def validate(model, val_sets: list, output_space: OutputSpace, accelerator: Acce
         for row in rows:
             if not row["skipped"]:
                 sums += torch.tensor([row[k] for k in METRIC_NAMES] + [1.0], dtype=torch.float64, device=sums.device)
-    model.train()
+    model.train(was_training)
     sums = accelerator.reduce(sums, reduction="sum")
     count = float(sums[-1])
     if count == 0:
@@ -298,6 +360,7 @@ class Run:
     micro_batch: int
     preprocessing: Preprocessing
     step: int = 0
+    ema: ModelEmaV3 | None = None
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -312,6 +375,28 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
         step_scheduler_with_optimizer=False,
         kwargs_handlers=[InitProcessGroupKwargs(backend="gloo")] if cpu_distributed else [],
     )
+
+
+def bare_model(accelerator: Accelerator, model):
+    """The model without its DDP/DeepSpeed and torch.compile wrappers."""
+    unwrapped = accelerator.unwrap_model(model)
+    return getattr(unwrapped, "_orig_mod", unwrapped)
+
+
+def make_ema(accelerator: Accelerator, model, cfg: OptimConfig) -> ModelEmaV3 | None:
+    """timm's EMA of the prepared model's weights and buffers, checkpointed with ``save_state``; None
+    where ``ema_decay`` is 0."""
+    if not cfg.ema_decay:
+        return None
+    plugin = accelerator.state.deepspeed_plugin
+    if accelerator.distributed_type == DistributedType.FSDP or (plugin is not None and plugin.zero_stage == 3):
+        raise ConfigError("optim.ema_decay needs the whole weights on every process: not with FSDP or DeepSpeed ZeRO-3")
+    # timm averages from step update_after_step + 2 on, counting steps from 1: from ema_start_step + 1 here.
+    # float32: a bf16 EMA would need stochastic rounding, whose generator save_state does not keep.
+    ema = ModelEmaV3(bare_model(accelerator, model), decay=cfg.ema_decay, update_after_step=cfg.ema_start_step - 1,
+                     dtype=torch.float32)
+    accelerator.register_for_checkpointing(ema)
+    return ema
 
 
 def setup(cfg: TrainConfig, output_space: OutputSpace, model=None, train_transforms=None, extra_modules: tuple = (),
@@ -335,11 +420,12 @@ def setup(cfg: TrainConfig, output_space: OutputSpace, model=None, train_transfo
     if cfg.compile:
         model = torch.compile(model)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    ema = make_ema(accelerator, model, cfg.optim)  # before ``resume``: load_state restores it
     for module in extra_modules:
         module.to(accelerator.device).eval().requires_grad_(False)
     loader, sampler = build_train_loader(cfg.data, micro_batch, cfg.seed, rank, world, train_transforms)
     val_sets = build_val_sets(cfg.data, rank, world)
-    return Run(accelerator, model, optimizer, scheduler, loader, sampler, val_sets, micro_batch, preprocessing)
+    return Run(accelerator, model, optimizer, scheduler, loader, sampler, val_sets, micro_batch, preprocessing, ema=ema)
 
 
 def resume(run: Run, cfg: TrainConfig) -> int:
@@ -369,6 +455,9 @@ def start_logging(run: Run, cfg: TrainConfig) -> None:
     world = accelerator.num_processes
     accelerator.print(f"training {type(accelerator.unwrap_model(run.model)).__name__} on {world} process(es), "
                       f"batch {cfg.batch_size} = {world} x {cfg.grad_accum} x {run.micro_batch}, from step {run.step}")
+    if run.ema is not None:
+        accelerator.print(f"validation and final/ use the EMA of the weights (decay {cfg.optim.ema_decay}, "
+                          f"averaging from step {cfg.optim.ema_start_step + 1})")
 
 
 class BadSamples:
@@ -410,6 +499,8 @@ def optimizer_step(run: Run, cfg: TrainConfig, objective: Callable, data_iter, b
             run.optimizer.zero_grad(set_to_none=True)
         loss_sum += loss.detach().double()
     run.scheduler.step()
+    if run.ema is not None:  # step: the optimizer steps done, this one included
+        run.ema.update(bare_model(accelerator, model), step=run.step + 1)
     return loss_sum, loss, logs
 
 
@@ -448,8 +539,11 @@ def train_loop(run: Run, cfg: TrainConfig, objective: Callable, output_space: Ou
             window_loss, window_micro, window_start = 0.0, 0, time.perf_counter()
         if run.val_sets and ((cfg.eval_every and run.step % cfg.eval_every == 0) or is_last):
             record = record or {"step": run.step, "loss": loss.detach().float().item()}
-            record.update(validate(run.model, run.val_sets, output_space, accelerator, run.preprocessing,
+            weights = run.model if run.ema is None else run.ema.module
+            record.update(validate(weights, run.val_sets, output_space, accelerator, run.preprocessing,
                                    cfg.data.crop_size, min(cfg.data.num_workers, 2)))
+            if run.ema is not None:
+                record["val/weights"] = "ema"
         if record and accelerator.is_main_process:
             _append_jsonl(os.path.join(cfg.output_dir, "metrics.jsonl"), record)
             if cfg.tracker != "none":
@@ -465,17 +559,17 @@ def train_loop(run: Run, cfg: TrainConfig, objective: Callable, output_space: Ou
 
 
 def export(run: Run, cfg: TrainConfig, output_space: OutputSpace) -> str:
-    """The final model in transformers format (training-only heads left out) in ``final/``."""
+    """The final model in transformers format (training-only heads left out) in ``final/``: the EMA
+    of the weights where there is one."""
     accelerator = run.accelerator
     final_dir = os.path.join(cfg.output_dir, "final")
     accelerator.wait_for_everyone()
-    state_dict = accelerator.get_state_dict(run.model)
+    state_dict = accelerator.get_state_dict(run.model) if run.ema is None else run.ema.module.state_dict()
     if state_dict is not None:  # training-only heads (e.g. the student's feature projection) stay out
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_HEADS)}
     if accelerator.is_main_process:
-        unwrapped = accelerator.unwrap_model(run.model)
-        unwrapped = getattr(unwrapped, "_orig_mod", unwrapped)  # torch.compile wrapper
-        save_model(unwrapped, final_dir, output_space, state_dict=state_dict, preprocessing=run.preprocessing)
+        save_model(bare_model(accelerator, run.model), final_dir, output_space, state_dict=state_dict,
+                   preprocessing=run.preprocessing, size=cfg.data.crop_size)  # its processor: the training scale
         save_config(cfg, os.path.join(final_dir, "training_config.yaml"))
     return final_dir
 

@@ -1,4 +1,6 @@
-"""Depth Anything models (DINOv2 ViT encoder + DPT decoder) built from `transformers` classes.
+"""Depth models built from `transformers` classes: Depth Anything (DINOv2 ViT encoder + DPT decoder),
+and, as fast students, DPT on a patch-16 ViT and GLPN (Mix Transformer encoder). ``PRESETS`` names
+them; a preset's name picks its architecture.
 
 Ways in, all through real loading code:
 - ``build_model(preset, dinov2=...)``: encoder from DINOv2 weights (hub id or directory), decoder random;
@@ -13,9 +15,10 @@ Ways in, all through real loading code:
 """
 from __future__ import annotations
 
+import math
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import (
@@ -25,11 +28,15 @@ from transformers import (
     DepthAnythingForDepthEstimation,
     Dinov2Backbone,
     Dinov2Config,
+    DPTConfig,
+    DPTForDepthEstimation,
     DPTImageProcessor,
+    GLPNConfig,
+    GLPNForDepthEstimation,
 )
 
 from distill.config import ConfigError
-from distill.preprocessing import INPUT_SIZE, PATCH_SIZE, Preprocessing, patch_size_of
+from distill.preprocessing import DEFAULT, INPUT_SIZE, PATCH_SIZE, Preprocessing, multiple_of, patch_size_of
 from distill.spaces import METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
 
 
@@ -44,10 +51,32 @@ class ModelPreset:
     neck_hidden_sizes: tuple[int, ...]
     dinov2: str | None  # the hub id of the matching DINOv2 weights
     swiglu: bool = False
-    head_hidden_size: int = 32
+    head_hidden_size: int = 32  # Depth Anything's head only (DPT's is fixed)
+    patch_size: int = PATCH_SIZE
+    # "depth_anything", or "dpt": the same ViT + DPT layout as transformers' DPTForDepthEstimation
+    # (its head upsamples by a fixed 16 / patch, so its output matches the input at patch 16)
+    arch: str = "depth_anything"
+
+    @property
+    def multiple(self) -> int:
+        return self.patch_size
 
 
-PRESETS: dict[str, ModelPreset] = {
+@dataclass(frozen=True)
+class GLPNPreset:
+    """transformers' GLPN: a hierarchical Mix Transformer (SegFormer) encoder of four stages with
+    strides 4, 2, 2, 2, and a light decoder whose head ends in ``sigmoid * max_depth``."""
+    hidden_sizes: tuple[int, ...]
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    sr_ratios: tuple[int, ...] = (8, 4, 2, 1)
+    decoder_hidden_size: int = 64
+    dinov2: None = None  # no DINOv2 encoder (read by the release's licence check)
+    arch: str = "glpn"
+    multiple: int = 32  # the decoder fuses stages 2x apart: sides multiples of the total stride
+
+
+PRESETS: dict[str, ModelPreset | GLPNPreset] = {
     # A few layers and a small width: random-weight tests and the CPU quickstart.
     "tiny": ModelPreset(32, 4, 2, (1, 2, 3, 4), 16, (8, 16, 32, 32), None, head_hidden_size=8),
     # Half of tiny's width: the smaller student of benchmarks/distill_gain.py.
@@ -56,10 +85,18 @@ PRESETS: dict[str, ModelPreset] = {
     "vitb": ModelPreset(768, 12, 12, (3, 6, 9, 12), 128, (96, 192, 384, 768), "facebook/dinov2-base"),
     "vitl": ModelPreset(1024, 24, 16, (5, 12, 18, 24), 256, (256, 512, 1024, 1024), "facebook/dinov2-large"),
     "vitg": ModelPreset(1536, 40, 24, (10, 20, 30, 40), 384, (1536,) * 4, "facebook/dinov2-giant", swiglu=True),
+    # Fast students of other architectures, loaded by pipeline("depth-estimation") like the others.
+    # DPT on a patch-16 ViT: about 3/4 of the tokens of patch 14 at the same input size; the
+    # encoder starts random (DINOv2 checkpoints are patch 14) unless given patch-16 DINOv2-layout weights.
+    "dpt-tiny": ModelPreset(32, 4, 2, (1, 2, 3, 4), 16, (8, 16, 32, 32), None, patch_size=16, arch="dpt"),
+    "dpt-small": ModelPreset(384, 12, 6, (3, 6, 9, 12), 64, (48, 96, 192, 384), None, patch_size=16, arch="dpt"),
+    # GLPN: MiT-b0's encoder (glpn-b0), and one of some 70k parameters for tests and CPU runs.
+    "glpn-tiny": GLPNPreset((8, 16, 24, 32), (1, 1, 1, 1), (1, 1, 1, 1), decoder_hidden_size=16),
+    "glpn-b0": GLPNPreset((32, 64, 160, 256), (2, 2, 2, 2), (1, 2, 5, 8)),
 }
 
 
-def get_preset(name: str) -> ModelPreset:
+def get_preset(name: str) -> ModelPreset | GLPNPreset:
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)}")
     return PRESETS[name]
@@ -90,8 +127,8 @@ def backbone_config(preset: ModelPreset, base: Dinov2Config | None = None) -> Di
         num_attention_heads=preset.num_heads,
         mlp_ratio=4,
         use_swiglu_ffn=preset.swiglu,
-        image_size=INPUT_SIZE,
-        patch_size=PATCH_SIZE,
+        image_size=multiple_of(INPUT_SIZE, preset.patch_size),
+        patch_size=preset.patch_size,
         layerscale_value=1.0,
         **kwargs,
     )
@@ -102,35 +139,68 @@ def model_config(
     output_space: OutputSpace = RELATIVE_DISPARITY,
     max_depth: int | None = None,
     dinov2_config: Dinov2Config | None = None,
-) -> DepthAnythingConfig:
+):
+    """The transformers config of a preset, for the architecture the preset names."""
     p = get_preset(preset)
+    head = _head_kwargs(output_space, max_depth)  # also refuses output spaces no head can give
+    recorded = dict(output_space=output_space.space, output_geometry=output_space.geometry, preset=preset)
+    if p.arch == "glpn":
+        # sigmoid * max_depth: a bounded positive map. Relative disparity (max_depth 1) is learnt up
+        # to scale and shift, so the bound does not limit it (saturation only slows the extremes);
+        # depth gets the metric head's unit.
+        return GLPNConfig(hidden_sizes=list(p.hidden_sizes), depths=list(p.depths), num_attention_heads=list(p.num_heads),
+                          sr_ratios=list(p.sr_ratios), decoder_hidden_size=p.decoder_hidden_size,
+                          max_depth=head["max_depth"], **recorded)
+    encoder = backbone_config(p, dinov2_config)
+    if p.arch == "dpt":
+        # DPT's built-in ViT reshapes its tokens to a square grid (square inputs only); on a backbone
+        # it takes any aspect ratio, so the ViT is a DINOv2-layout backbone. Its ReLU head gives
+        # disparity or depth alike (no max_depth).
+        return DPTConfig(backbone_config=encoder, hidden_size=encoder.hidden_size,
+                         num_hidden_layers=encoder.num_hidden_layers, num_attention_heads=encoder.num_attention_heads,
+                         patch_size=encoder.patch_size, image_size=encoder.image_size, readout_type="ignore",
+                         reassemble_factors=[4, 2, 1, 0.5], neck_hidden_sizes=list(p.neck_hidden_sizes),
+                         fusion_hidden_size=p.fusion_hidden_size, **recorded)
     return DepthAnythingConfig(
-        backbone_config=backbone_config(p, dinov2_config),
+        backbone_config=encoder,
         patch_size=PATCH_SIZE,
         reassemble_hidden_size=p.hidden_size,
         reassemble_factors=[4, 2, 1, 0.5],
         neck_hidden_sizes=list(p.neck_hidden_sizes),
         fusion_hidden_size=p.fusion_hidden_size,
         head_hidden_size=p.head_hidden_size,
-        output_space=output_space.space,
-        output_geometry=output_space.geometry,
-        preset=preset,
-        **_head_kwargs(output_space, max_depth),
+        **recorded,
+        **head,
     )
 
 
 def load_dinov2_config(dinov2: str, preset: str) -> Dinov2Config:
     """Read a DINOv2 config (hub id or directory) and check it matches the preset's encoder."""
-    cfg = Dinov2Config.from_pretrained(dinov2)
     p = get_preset(preset)
-    got = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, bool(cfg.use_swiglu_ffn))
-    want = (p.hidden_size, p.num_layers, p.num_heads, p.swiglu)
+    if p.arch == "glpn":
+        raise ValueError(f"preset {preset!r} is a GLPN (Mix Transformer encoder): it cannot start from DINOv2 weights {dinov2!r}")
+    cfg = Dinov2Config.from_pretrained(dinov2)
+    got = (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, bool(cfg.use_swiglu_ffn), cfg.patch_size)
+    want = (p.hidden_size, p.num_layers, p.num_heads, p.swiglu, p.patch_size)
     if got != want:
         raise ValueError(
-            f"DINOv2 weights {dinov2!r} have (hidden, layers, heads, swiglu) = {got}, "
+            f"DINOv2 weights {dinov2!r} have (hidden, layers, heads, swiglu, patch) = {got}, "
             f"but preset {preset!r} needs {want}"
         )
     return cfg
+
+
+MODEL_CLASSES = {"depth_anything": DepthAnythingForDepthEstimation, "dpt": DPTForDepthEstimation,
+                 "glpn": GLPNForDepthEstimation}
+
+
+def _relu_output_conv(model):
+    """The last convolution of a head that ends in a ReLU (Depth Anything's relative head, DPT's)."""
+    if isinstance(model, DPTForDepthEstimation):
+        return model.head.head[4]
+    if isinstance(model, DepthAnythingForDepthEstimation) and model.config.depth_estimation_type == "relative":
+        return model.head.conv3
+    return None
 
 
 def build_model(
@@ -138,62 +208,94 @@ def build_model(
     output_space: OutputSpace = RELATIVE_DISPARITY,
     max_depth: int | None = None,
     dinov2: str | None = None,
-) -> DepthAnythingForDepthEstimation:
-    """A Depth Anything model; with ``dinov2`` (hub id or directory) the encoder starts from those
-    weights and the decoder is random, as for a fresh teacher or student."""
+):
+    """A model of the preset's architecture; with ``dinov2`` (hub id or directory; ViT presets) the
+    encoder starts from those weights and the decoder is random, as for a fresh teacher or student."""
     dinov2_config = load_dinov2_config(dinov2, preset) if dinov2 is not None else None
-    model = DepthAnythingForDepthEstimation(model_config(preset, output_space, max_depth, dinov2_config))
-    if model.config.depth_estimation_type == "relative" and not model.head.conv3.bias.is_meta:
+    p = get_preset(preset)
+    model = MODEL_CLASSES[p.arch](model_config(preset, output_space, max_depth, dinov2_config))
+    last = _relu_output_conv(model)
+    if last is not None and not last.bias.is_meta:
         # A fresh ReLU head whose outputs start mostly negative never gets a gradient: start it on
         # the active side.
         with torch.no_grad():
-            model.head.conv3.bias.fill_(1.0)
+            last.bias.fill_(1.0)
     if dinov2 is not None:
-        encoder = Dinov2Backbone.from_pretrained(
-            dinov2, out_indices=list(get_preset(preset).tapped_layers), reshape_hidden_states=False
-        )
+        encoder = Dinov2Backbone.from_pretrained(dinov2, out_indices=list(p.tapped_layers), reshape_hidden_states=False)
         model.backbone.load_state_dict(encoder.state_dict())
     return model
 
 
-def load_frozen_reference(ref: str) -> Dinov2Backbone:
-    """The frozen reference of the student's feature-alignment loss, giving its final-layer patch
-    tokens (LayerNorm applied): a DINOv2 of any size (hub id or directory), or the DINOv2 encoder of
-    a depth model (a model directory or training run, e.g. the teacher: the option where no
-    pretrained DINOv2 is reachable, or to keep the student close to what its teacher has learnt)."""
+def encoder_of(model):
+    """A depth model's encoder: its backbone (Depth Anything, DPT on a backbone), else its base model
+    (GLPN's Mix Transformer, DPT's built-in ViT)."""
+    backbone = getattr(model, "backbone", None)
+    return backbone if backbone is not None else getattr(model, model.base_model_prefix)
+
+
+def load_frozen_reference(ref: str):
+    """The frozen reference of the student's feature-alignment loss (``student.objective`` reads its
+    final feature map): a DINOv2 of any size (hub id or directory), or the encoder of a depth model
+    of an architecture this project builds (a model directory or training run, e.g. the teacher: the
+    option where no pretrained DINOv2 is reachable, or to keep the student close to what its teacher
+    has learnt)."""
     reference = resolve_reference(ref)
     cfg = AutoConfig.from_pretrained(reference)
     if isinstance(cfg, Dinov2Config):
         encoder = Dinov2Backbone.from_pretrained(reference, out_indices=[cfg.num_hidden_layers],
                                                  reshape_hidden_states=False)
-    elif isinstance(getattr(cfg, "backbone_config", None), Dinov2Config):
-        backbone = load_depth_model(reference).backbone
-        inner = {**cfg.backbone_config.to_dict(), "out_features": None, "reshape_hidden_states": False,
-                 "out_indices": [cfg.backbone_config.num_hidden_layers]}
-        encoder = Dinov2Backbone(Dinov2Config(**inner))
-        encoder.load_state_dict(backbone.state_dict())
+    elif getattr(cfg, "model_type", None) in MODEL_CLASSES:
+        encoder = encoder_of(load_depth_model(reference))
+        if isinstance(encoder.config, Dinov2Config):  # its last output: the final layer, not the last tapped one
+            inner = {**encoder.config.to_dict(), "out_features": None, "reshape_hidden_states": False,
+                     "out_indices": [encoder.config.num_hidden_layers]}
+            final = Dinov2Backbone(Dinov2Config(**inner))
+            final.load_state_dict(encoder.state_dict())
+            encoder = final
     else:
-        raise ModelError(f"{ref}: the frozen reference must be a DINOv2 or a depth model with a DINOv2 "
-                         f"encoder, not a {getattr(cfg, 'model_type', '?')!r} model")
+        raise ModelError(f"{ref}: the frozen reference must be a DINOv2 or a depth model ({', '.join(MODEL_CLASSES)}), "
+                         f"not a {getattr(cfg, 'model_type', '?')!r} model")
     return encoder.eval().requires_grad_(False)
 
 
+# What the depth architectures of transformers output (after their image processor's
+# post-processing), for configs that do not record it. CHMv2 predicts canopy height (metres) from
+# nadir aerial views: affine in depth with a negative slope, so to first order affine in disparity.
+ARCHITECTURE_SPACES = {
+    "dpt": RELATIVE_DISPARITY,  # MiDaS-style relative inverse depth
+    "glpn": METRIC_DEPTH,
+    "zoedepth": METRIC_DEPTH,
+    "depth_pro": METRIC_DEPTH,  # with the field of view applied by its post-processing
+    "tipsv2_dpt": METRIC_DEPTH,
+    "chmv2": RELATIVE_DISPARITY,
+}
+# Architectures that cannot label a plain image, and why.
+UNSERVABLE = {
+    "prompt_depth_anything": "it refines a low-resolution metric depth prompt (e.g. LiDAR) given with every image, "
+                             "which a corpus of plain images does not have",
+}
+
+
 def output_space_of(config) -> OutputSpace:
-    """The output space recorded in a depth model's config, or the one its head implies."""
+    """The output space recorded in a depth model's config, or the one its architecture implies."""
     if getattr(config, "output_space", None) and getattr(config, "output_geometry", None):
         return OutputSpace(config.output_space, config.output_geometry)
-    if getattr(config, "model_type", None) == "depth_anything":
+    model_type = getattr(config, "model_type", None)
+    if model_type == "depth_anything":
         return METRIC_DEPTH if config.depth_estimation_type == "metric" else RELATIVE_DISPARITY
-    if getattr(config, "model_type", None) == "dpt":
-        return RELATIVE_DISPARITY
+    if model_type in ARCHITECTURE_SPACES:
+        return ARCHITECTURE_SPACES[model_type]
     raise ValueError(
-        f"cannot tell the output space of a {getattr(config, 'model_type', '?')!r} model: "
+        f"cannot tell the output space of a {model_type or '?'!r} model: "
         "set output_space and output_geometry in its config.json"
     )
 
 
 def load_depth_model(name_or_dir: str, output_space: OutputSpace | None = None, **kwargs):
     """Any transformers depth model (hub id or directory); ``output_space`` overrides what it records."""
+    model_type = getattr(AutoConfig.from_pretrained(name_or_dir), "model_type", None)
+    if model_type in UNSERVABLE:
+        raise ModelError(f"{name_or_dir}: a {model_type!r} model cannot serve here: {UNSERVABLE[model_type]}")
     model = AutoModelForDepthEstimation.from_pretrained(name_or_dir, **kwargs)
     space = output_space or output_space_of(model.config)
     model.config.output_space, model.config.output_geometry = space.space, space.geometry
@@ -234,16 +336,24 @@ class ResolvedModel:
     output_space: OutputSpace
     preprocessing: Preprocessing
     reference: str  # what ``resolve_reference`` made of the name
+    processor: object = None  # its transformers image processor (Depth Anything V2's for weight files)
 
 
-def load_preprocessing(reference: str, config=None) -> Preprocessing:
-    """The model's own image processor (``preprocessor_config.json`` of a directory or hub id) as a
-    ``Preprocessing``; a model without one gets the Depth Anything defaults with its patch size."""
+def load_image_processor(reference: str):
+    """The model's own image processor (``preprocessor_config.json`` of a directory or hub id), or None."""
     from transformers import AutoImageProcessor  # noqa: PLC0415
 
     try:
-        processor = AutoImageProcessor.from_pretrained(reference)
+        return AutoImageProcessor.from_pretrained(reference)
     except (OSError, ValueError, KeyError):
+        return None
+
+
+def load_preprocessing(reference: str, config=None, processor=None) -> Preprocessing:
+    """The model's own image processor as a ``Preprocessing``; a model without one gets the Depth
+    Anything defaults with its patch size."""
+    processor = processor if processor is not None else load_image_processor(reference)
+    if processor is None:
         return Preprocessing(multiple=patch_size_of(config), source=f"default (no image processor for {reference})")
     return Preprocessing.from_image_processor(processor, config, source=f"image processor of {reference}")
 
@@ -258,24 +368,46 @@ def resolve_model(ref: str, output_space: OutputSpace | None = None, preset: str
         if reference.endswith(WEIGHT_FILES):
             if preset is None:
                 raise ModelError(f"{ref}: an original Depth Anything weight file needs a preset ({', '.join(PRESETS)})")
-            model = load_original_checkpoint(reference, preset, output_space or RELATIVE_DISPARITY, max_depth)
+            space = output_space or (METRIC_DEPTH if max_depth else RELATIVE_DISPARITY)
+            model = load_original_checkpoint(reference, preset, space, max_depth)
             preprocessing = Preprocessing(source=f"Depth Anything defaults for {reference}")
+            processor = image_processor(INPUT_SIZE, preprocessing)
         else:
             model = load_depth_model(reference, output_space)
-            preprocessing = load_preprocessing(reference, model.config)
+            processor = load_image_processor(reference)
+            preprocessing = load_preprocessing(reference, model.config, processor)
+            if processor is None:  # e.g. a bare model directory: the Depth Anything V2 processor
+                processor = image_processor(INPUT_SIZE, preprocessing)
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelError(f"cannot load model {ref!r}: {first}") from None
-    return ResolvedModel(model, output_space_of(model.config), preprocessing, reference)
+    return ResolvedModel(model, output_space_of(model.config), preprocessing, reference, processor)
+
+
+def size_multiple(config) -> int:
+    """What a model's input sides must be multiples of: GLPN's total stride, else the ViT patch size."""
+    if getattr(config, "model_type", None) == "glpn":
+        return math.prod(config.strides)
+    return patch_size_of(config)
+
+
+def default_preprocessing(config) -> Preprocessing:
+    """The project's input rule for a model it builds: ImageNet mean/std, /255, the model's size multiple."""
+    multiple = size_multiple(config)
+    if multiple == DEFAULT.multiple:
+        return DEFAULT
+    return replace(DEFAULT, multiple=multiple, source=f"default (ImageNet mean/std, /255, multiples of {multiple})")
 
 
 def image_processor(size: int = INPUT_SIZE, preprocessing: Preprocessing | None = None) -> DPTImageProcessor:
     """The transformers image processor written next to a model: keep aspect, sides multiples of the
     model's size multiple around ``size``, bicubic, the model's rescale and mean/std (Depth Anything's
     ImageNet values by default). (It picks the scale closest to 1 that reaches the target on one side,
-    where ``distill.preprocessing`` makes the shorter side at least ``size``.)"""
+    where ``distill.preprocessing`` makes the shorter side at least ``size``.) The same class serves
+    every architecture: GLPN's own processor has no target size (it runs an image at its own size,
+    rounded down to multiples of 32)."""
     p = preprocessing or Preprocessing()
     return DPTImageProcessor(
         do_resize=True,
@@ -302,13 +434,13 @@ def quiet_transformers() -> None:
 def save_model(model, out_dir: str | os.PathLike, output_space: OutputSpace | None = None, size: int = INPUT_SIZE,
                state_dict=None, preprocessing: Preprocessing | None = None):
     """Write weights (safetensors), config.json with the output space, and preprocessor_config.json
-    (``image_processor(size, preprocessing)``). ``state_dict``: the full weights where the model is
-    sharded (DeepSpeed ZeRO-3, FSDP)."""
+    (``image_processor(size, preprocessing)``; by default ``default_preprocessing`` of the model).
+    ``state_dict``: the full weights where the model is sharded (DeepSpeed ZeRO-3, FSDP)."""
     space = output_space or output_space_of(model.config)
     model.config.output_space, model.config.output_geometry = space.space, space.geometry
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, state_dict=state_dict)
-    image_processor(size, preprocessing).save_pretrained(out_dir)
+    image_processor(size, preprocessing or default_preprocessing(model.config)).save_pretrained(out_dir)
     return out_dir
 
 
@@ -458,6 +590,8 @@ def load_original_checkpoint(
     max_depth: int | None = None,
 ) -> DepthAnythingForDepthEstimation:
     """A transformers model holding the weights of an original Depth Anything V2 checkpoint."""
+    if get_preset(preset).arch != "depth_anything":
+        raise ValueError(f"preset {preset!r} is not a Depth Anything preset: original checkpoints are Depth Anything V1/V2")
     model = DepthAnythingForDepthEstimation(model_config(preset, output_space, max_depth))
     try:
         state = match_installed_names(convert_original_state_dict(read_weights(path)), model)

@@ -377,7 +377,7 @@ def _main(argv=None) -> int:
     pseudo = out / "pseudo-labels"
     stages.run("pseudolabel", accelerate_launch(
         "distill/pseudolabel.py", "--teacher", str(teacher / "final"),
-        "--input", str(unlabeled), "--output", str(pseudo), "--input-size", str(INPUT_SIZE), "--tta", "flip",
+        "--input", str(unlabeled), "--output", str(pseudo), "--tta", "flip",
         "--store-image", "reencode", "--image-max-side", "160", "--shard-size", "100"))
 
     # 4. student

@@ -1,12 +1,16 @@
 """The labeling command: ``accelerate launch distill/pseudolabel.py`` / ``distill-pseudolabel``.
 
     accelerate launch distill/pseudolabel.py --teacher T --input I --output O \
-        [--config configs/pseudolabel/cluster.yaml] [--batch-size 8] [--workers 2] [--input-size 518] \
+        [--config configs/pseudolabel/cluster.yaml] [--batch-size 8] [--workers 2] [--resize processor] \
         [--tta none|flip|flip+scales] [--store-image original|reencode|none] [--shard-size 1000] \
         [--compile] [--precision auto|fp32|bf16|fp16] [key=value | --key value ...]
 
 T: anything ``distill.models.resolve_model`` accepts (a teacher run, a transformers depth model
-directory, a hub id). I: a directory, a glob, a text file of paths, WebDataset .tar shards, or
+directory or hub id of any architecture, an original Depth Anything ``.pth`` with
+``--teacher-preset``), or several of them comma-separated (each labels every image: see
+``pseudolabel.writer``). Each teacher sees the image through its own image processor
+(``--resize processor``, default) or Depth Anything's original rule (``--resize depth_anything
+--input-size 518``). I: a directory, a glob, a text file of paths, WebDataset .tar shards, or
 ``hf:NAME_OR_PATH``. Every option of ``pseudolabel.config.PseudolabelConfig`` is a flag of the same
 name and a ``key=value``; ``--workers`` is kept as an alias of ``--num-workers``. Run the same
 command again after an interruption: finished shards are kept, the rest is redone. See

@@ -18,7 +18,11 @@ TTA_MODES = ("none", "flip", "flip+scales")
 
 @dataclass
 class PseudolabelConfig:
-    teacher: str | None = None  # a teacher run (its final/), a transformers depth model dir, or a hub id
+    # a teacher run (its final/), a transformers depth model dir or hub id (any architecture
+    # AutoModelForDepthEstimation knows), or an original Depth Anything .pth/.safetensors file
+    teacher: str | None = None
+    teacher_preset: str | None = None  # the size of an original weight file (vits, vitb, vitl, vitg)
+    teacher_max_depth: int | None = None  # an original metric weight file's max_depth (20 indoor, 80 outdoor)
     input: str | None = None  # directory, glob, list file, .tar shard(s), or hf:NAME_OR_PATH
     output: str | None = None
     input_type: Literal["auto", "files", "list", "tars", "hf"] = "auto"
@@ -26,9 +30,12 @@ class PseudolabelConfig:
     image_column: str = "image"
     key_column: str | None = None
 
-    # inference
-    input_size: int = 518  # shorter side at least this, sides multiples of the patch size
-    max_aspect: float = 4.0  # longer side capped at input_size * max_aspect (panoramas, 1xN strips)
+    # inference (distill.inference.InputRule)
+    # processor: the teacher's own image processor and post-processing (what pipeline() does);
+    # depth_anything: Depth Anything's original rule, shorter side >= input_size, OpenCV bicubic
+    resize: Literal["processor", "depth_anything"] = "processor"
+    input_size: int | None = None  # depth_anything rule only (default 518): the processor's size rules otherwise
+    max_aspect: float = 4.0  # depth_anything rule: longer side capped at input_size * max_aspect
     tta: Literal["none", "flip", "flip+scales"] = "none"
     tta_scales: list[float] = field(default_factory=lambda: [0.75, 1.25])  # extra scales for flip+scales
     confidence_tau: float = 0.05  # confidence = exp(-relative spread / tau), see pseudolabel.tta
@@ -64,7 +71,10 @@ class PseudolabelConfig:
 
     def __post_init__(self):
         checks = [
-            (self.input_size >= 14, "input_size must be >= 14"),
+            (self.input_size is None or self.input_size >= 14, "input_size must be >= 14"),
+            (self.input_size is None or self.resize == "depth_anything",
+             "input_size applies to resize=depth_anything; with resize=processor the teacher's image processor "
+             "sets the size (edit its preprocessor_config.json to change it)"),
             (self.max_aspect >= 1, "max_aspect must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),
@@ -91,6 +101,10 @@ PERFORMANCE_OPTIONS = (
     "batch_size", "precision", "compile", "threads", "streams", "num_workers", "prefetch_factor", "bucket_buffer",
     "encode_threads", "queue_size", "progress", "nice",
 )
+
+
+# Output-defining options added since the first jobs, with the value those jobs were run with.
+LEGACY_DEFAULTS = {"resize": "depth_anything", "teacher_preset": None, "teacher_max_depth": None}
 
 
 def defining_options(cfg: PseudolabelConfig) -> dict:

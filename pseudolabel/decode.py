@@ -5,9 +5,9 @@ than ``max_pixels`` before decoding them (decompression bombs), and asks the JPE
 reduced DCT scale (``PIL.Image.draft``, 1/2 .. 1/8) when the largest size it needs is at most
 half the stored size, so a 24-megapixel photo costs about what a 1.5-megapixel one does. The
 image is turned upright (EXIF orientation), converted to RGB exactly as ``distill.data.formats``
-does (palette, RGBA, CMYK, 16-bit, ...), and resized to the inference size by the one rule of
-``distill.preprocessing`` (OpenCV bicubic; longer side capped at ``input_size * max_aspect``). Stored
-re-encoded images are shrunk with area averaging where that is more than 2x.
+does (palette, RGBA, CMYK, 16-bit, ...), and made the model input by the job's
+``distill.inference.InputRule`` (the teacher's image processor by default). Stored re-encoded
+images are shrunk with area averaging where that is more than 2x.
 
 What is stored (``store_image``):
 - ``original``: the file's bytes, when they already are upright RGB/L in the format of the
@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image
 
 from distill.data.formats import pil_to_rgb
-from distill.preprocessing import inference_size, resize_image
+from distill.inference import InputRule
 
 # EXIF orientation -> the PIL transpose that makes the image upright (as ImageOps.exif_transpose).
 _TRANSPOSE = {
@@ -53,9 +53,7 @@ class DecodeFailure(Exception):
 
 @dataclass(frozen=True)
 class DecodePlan:
-    input_size: int = 518
-    multiple: int = 14
-    max_aspect: float = 4.0
+    rules: tuple[InputRule, ...]  # one per teacher
     store_image: str = "original"
     image_max_side: int = 1024
     image_ext: str = "jpg"
@@ -117,8 +115,8 @@ def _open(data) -> Image.Image:
 
 
 def decode_item(data, plan: DecodePlan) -> dict:
-    """``data``: the file's bytes (or a PIL image). Returns ``image`` (uint8 [H, W, 3] at the
-    inference size), ``image_hw`` (the size of the stored image, which decoded samples have),
+    """``data``: the file's bytes (or a PIL image). Returns ``inputs`` (per teacher, its model input
+    [3, h, w], ``InputRule.prepare``), ``image_hw`` (the size of the stored image, which decoded samples have),
     ``original_hw``, ``stored`` (bytes or None), ``stored_how`` and ``meta``."""
     im = _open(data)
     w_raw, h_raw = im.size
@@ -130,7 +128,8 @@ def decode_item(data, plan: DecodePlan) -> dict:
     swap = orientation in (5, 6, 7, 8)
     h0, w0 = (w_raw, h_raw) if swap else (h_raw, w_raw)
     source_format, source_mode = im.format or "", im.mode
-    inf_hw = inference_size(h0, w0, plan.input_size, plan.multiple, plan.max_aspect)
+    sides = [rule.largest_input_side(h0, w0) for rule in plan.rules]
+    inf_hw = None if None in sides else (max(s[0] for s in sides), max(s[1] for s in sides))
 
     keep_original = (
         plan.store_image == "original" and isinstance(data, (bytes, bytearray, memoryview))
@@ -143,8 +142,9 @@ def decode_item(data, plan: DecodePlan) -> dict:
     else:
         image_hw, how = (h0, w0), "none"
     # The largest size anything below needs, upright.
-    need = inf_hw if how in ("original", "none") else (max(inf_hw[0], image_hw[0]), max(inf_hw[1], image_hw[1]))
-    if plan.draft and source_format == "JPEG" and need[0] * 2 <= h0 and need[1] * 2 <= w0:
+    need = None if inf_hw is None else (
+        inf_hw if how in ("original", "none") else (max(inf_hw[0], image_hw[0]), max(inf_hw[1], image_hw[1])))
+    if plan.draft and need is not None and source_format == "JPEG" and need[0] * 2 <= h0 and need[1] * 2 <= w0:
         request = (need[0], need[1]) if swap else (need[1], need[0])  # PIL wants (w, h) of the stored grid
         try:
             im.draft(im.mode, request)
@@ -177,7 +177,7 @@ def decode_item(data, plan: DecodePlan) -> dict:
         "exif_orientation": orientation,
         "decoded_size": [int(rgb.shape[0]), int(rgb.shape[1])],
     }
-    return {"image": resize_image(rgb, inf_hw), "image_hw": image_hw, "original_hw": (h0, w0),
+    return {"inputs": [rule.prepare(rgb) for rule in plan.rules], "image_hw": image_hw, "original_hw": (h0, w0),
             "stored": stored, "stored_how": how, "meta": meta}
 
 

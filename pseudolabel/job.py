@@ -27,12 +27,13 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import sys
 import time
 
 from distill.config import ConfigError
 from distill.data.shards import INDEX_DIR, TMP_SUFFIX, index_path, read_index, write_atomic
-from pseudolabel.config import PseudolabelConfig, defining_options
+from pseudolabel.config import LEGACY_DEFAULTS, PseudolabelConfig, defining_options
 from pseudolabel.inputs import InputError, Listing, detect, discover, rank_units, shard_name, unit_count, write_listing
 
 JOB_DIR = "_job"
@@ -61,8 +62,10 @@ def normalise(cfg: PseudolabelConfig) -> PseudolabelConfig:
     from distill.models import ModelError, resolve_reference  # noqa: PLC0415
 
     cfg.output = os.path.abspath(cfg.output)
-    try:
-        cfg.teacher = resolve_reference(cfg.teacher)  # a training run -> its final/, paths absolute
+    if cfg.resize == "depth_anything" and cfg.input_size is None:
+        cfg.input_size = 518
+    try:  # a training run -> its final/, paths absolute; several teachers: comma-separated
+        cfg.teacher = ",".join(resolve_reference(t.strip()) for t in cfg.teacher.split(","))
     except ModelError as err:
         raise JobError(f"cannot load teacher: {err}") from None
     if not cfg.input.startswith("hf:") and os.path.exists(cfg.input):
@@ -77,10 +80,11 @@ def _job_path(out: str) -> str:
 
 def _check_same(job: dict, cfg: PseudolabelConfig) -> None:
     wanted = defining_options(cfg)
-    for key, value in wanted.items():
-        if key in job["options"] and job["options"][key] != value:
+    started = {**LEGACY_DEFAULTS, **job["options"]}
+    for key, value in sorted(wanted.items(), key=lambda kv: kv[0] != "resize"):  # the rule first: it explains the rest
+        if key in started and started[key] != value:
             raise JobError(
-                f"{cfg.output} was started with {key}={job['options'][key]!r}, this run asks for {value!r}: "
+                f"{cfg.output} was started with {key}={started[key]!r}, this run asks for {value!r}: "
                 "restart with the same options, or use a new --output"
             )
 
@@ -180,6 +184,8 @@ def finalize(out: str, job: dict) -> dict | None:
         "inputs": job["items"],
         "duplicates_dropped": job["duplicates_dropped"],
         "teacher": first["teacher"],
+        "teachers": first.get("teachers") or [{"name": "teacher", "teacher": first["teacher"], "space": first["space"],
+                                               "geometry": first["geometry"]}],
         "space": first["space"],
         "geometry": first["geometry"],
         "fields": next((i["fields"] for i in indexes if i["fields"]), []),
@@ -198,12 +204,30 @@ def finalize(out: str, job: dict) -> dict | None:
 
 
 # ---------------------------------------------------------------------------------------- run
-def _load_teacher(teacher: str):
-    """The teacher through the one resolver: its model, output space and own preprocessing."""
+def teacher_names(references: list[str]) -> list[str]:
+    """Short unique names of the teachers (the label fields of several teachers are named by them):
+    the last path component (a run's name for its final/), characters other than [A-Za-z0-9_-] as '-'."""
+    names = []
+    for ref in references:
+        parts = [p for p in ref.replace("\\", "/").split("/") if p]
+        base = parts[-2] if len(parts) > 1 and parts[-1] == "final" else parts[-1]
+        base = re.sub(r"[^A-Za-z0-9_-]+", "-", os.path.splitext(base)[0] if base.endswith(WEIGHT_SUFFIXES) else base)
+        name, k = base or "teacher", 2
+        while name in names:
+            name, k = f"{base}-{k}", k + 1
+        names.append(name)
+    return names
+
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
+
+
+def _load_teacher(cfg: PseudolabelConfig, reference: str):
+    """One teacher through the one resolver: its model, output space, preprocessing and image processor."""
     from distill.models import ModelError, resolve_model  # noqa: PLC0415
 
     try:
-        return resolve_model(teacher)
+        return resolve_model(reference, preset=cfg.teacher_preset, max_depth=cfg.teacher_max_depth)
     except ModelError as err:
         raise JobError(str(err)) from None
 
@@ -220,6 +244,7 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
 
     import torch  # noqa: PLC0415 - after the cheap checks
 
+    from distill.inference import InputRule  # noqa: PLC0415
     from pseudolabel.decode import ByteSource, DecodePlan  # noqa: PLC0415
     from pseudolabel.runner import run_model  # noqa: PLC0415
     from pseudolabel.stream import LabelStream, build_loader  # noqa: PLC0415
@@ -239,31 +264,39 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
         precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
-    resolved = _load_teacher(cfg.teacher)
-    space, preprocessing = resolved.output_space, resolved.preprocessing
-    model = resolved.model.to(device).eval().requires_grad_(False)
-    if cfg.compile:
-        model = torch.compile(model)
-    predictor = Predictor(model, space, cfg.tta, cfg.tta_scales, cfg.confidence_tau, preprocessing, autocast)
+    references = cfg.teacher.split(",")
+    names = teacher_names(references)
+    predictors, teachers = [], []
+    for name, reference in zip(names, references):
+        resolved = _load_teacher(cfg, reference)
+        rule = InputRule(cfg.resize, resolved.preprocessing, resolved.processor if cfg.resize == "processor" else None,
+                         cfg.input_size or 518, cfg.max_aspect)
+        model = resolved.model.to(device).eval().requires_grad_(False)
+        if cfg.compile:
+            model = torch.compile(model)
+        predictors.append(Predictor(model, resolved.output_space, rule, cfg.tta, cfg.tta_scales, cfg.confidence_tau, autocast))
+        teachers.append({"name": name, "teacher": reference, "space": resolved.output_space.space,
+                         "geometry": resolved.output_space.geometry, "input_rule": rule.to_dict()})
+    space, rule = predictors[0].space, predictors[0].rule  # the first teacher's label is the sample's default
 
-    plan = DecodePlan(cfg.input_size, preprocessing.multiple, cfg.max_aspect, cfg.store_image, cfg.image_max_side, cfg.image_ext,
-                      cfg.jpeg_quality, cfg.draft, cfg.max_pixels)
+    plan = DecodePlan(tuple(p.rule for p in predictors), cfg.store_image, cfg.image_max_side, cfg.image_ext, cfg.jpeg_quality, cfg.draft, cfg.max_pixels)
     stream = LabelStream(Listing(os.path.join(out, JOB_DIR)), todo, job["items"], cfg.shard_size, plan,
                          ByteSource(job["input_kind"], job["hf"]), cfg.batch_size, cfg.bucket_buffer)
     loader = build_loader(stream, cfg.num_workers, cfg.prefetch_factor, pin_memory=device.type == "cuda", nice=cfg.nice)
-    header = {"teacher": cfg.teacher, "space": space.space, "geometry": space.geometry}
+    header = {"teacher": references[0], "space": space.space, "geometry": space.geometry, "teachers": teachers}
     sample_meta = {
         "dataset": cfg.dataset_name or os.path.basename(out.rstrip(os.sep)),
-        "teacher": cfg.teacher,
+        "teacher": references[0],
         "space": space.space,
         "geometry": space.geometry,
+        "input_rule": rule.to_dict(),
         "input_size": cfg.input_size,
         "precision": precision,
-        "confidence": {"tta": cfg.tta, "views": predictor.views, "tau": cfg.confidence_tau if cfg.tta != "none" else 0.0},
+        "confidence": {"tta": cfg.tta, "views": predictors[0].views, "tau": cfg.confidence_tau if cfg.tta != "none" else 0.0},
     }
     threads = cfg.encode_threads or (1 if device.type == "cpu" else 4)
     writer = Writer(out, header, sample_meta, cfg.image_ext, cfg.png_compression, threads, cfg.queue_size, cfg.nice,
-                    cfg.label_size)
+                    cfg.label_size, teachers if len(teachers) > 1 else None)
 
     total = sum(min(job["items"], (u + 1) * cfg.shard_size) - u * cfg.shard_size for u in todo)
     from tqdm.auto import tqdm  # noqa: PLC0415
@@ -280,7 +313,7 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
 
     started = time.perf_counter()
     try:
-        stats = run_model(loader, predictor, device, writer, streams, progress)
+        stats = run_model(loader, predictors, device, writer, streams, progress)
         t = time.perf_counter()
         writer.close()
         stats.writer += (time.perf_counter() - t) * stats.streams

@@ -46,6 +46,14 @@ def _packets(loader, stats: Stats):
         yield packet
 
 
+def predict(predictors, packet: dict, device) -> list:
+    """Every teacher's predictor on its inputs of a packet: per item, [(label, confidence or None)]
+    per teacher."""
+    hws = [item["original_hw"] for item in packet["items"]]
+    per_teacher = [p(x if device is None else x.to(device, non_blocking=True), hws) for p, x in zip(predictors, packet["images"])]
+    return [list(pairs) for pairs in zip(*per_teacher)]
+
+
 def run_model(loader, predictor, device: torch.device, writer, streams: int, progress) -> Stats:
     """Label every packet of ``loader``; ``progress(packet)`` after each is handed to the writer."""
     if streams > 1 and device.type == "cpu":
@@ -58,30 +66,29 @@ def _run_inline(loader, predictor, device, writer, progress) -> Stats:
     in_flight = None
 
     def hand_over(entry):
-        packet, label, conf, event = entry
+        packet, labels, event = entry
         t = time.perf_counter()
         if event is not None:
             event.synchronize()
         stats.model += time.perf_counter() - t
         t = time.perf_counter()
-        writer.put(packet, label, conf)
+        writer.put(packet, labels)
         stats.writer += time.perf_counter() - t
         progress(packet)
 
     for packet in _packets(loader, stats):
-        label = conf = event = None
+        labels = event = None
         if packet["images"] is not None:
             t = time.perf_counter()
-            label, conf = predictor(packet["images"].to(device, non_blocking=True))
-            label = label.to("cpu", non_blocking=True)
-            conf = conf.to("cpu", non_blocking=True) if conf is not None else None
+            labels = [[tuple(None if x is None else x.to("cpu", non_blocking=True) for x in pair) for pair in item]
+                      for item in predict(predictor, packet, device)]
             if device.type == "cuda":
                 event = torch.cuda.Event()
                 event.record()
             stats.model += time.perf_counter() - t
         if in_flight is not None:
             hand_over(in_flight)
-        in_flight = (packet, label, conf, event)
+        in_flight = (packet, labels, event)
     if in_flight is not None:
         hand_over(in_flight)
     return stats
@@ -98,14 +105,14 @@ def _run_threads(loader, predictor, writer, streams: int, progress) -> Stats:
             if packet is None:
                 return
             try:
-                label = conf = None
+                labels = None
                 if packet["images"] is not None:
                     t = time.perf_counter()
-                    label, conf = predictor(packet["images"])
+                    labels = predict(predictor, packet, None)
                     with stats.lock:
                         stats.model += time.perf_counter() - t
                 t = time.perf_counter()
-                writer.put(packet, label, conf)
+                writer.put(packet, labels)
                 with stats.lock:
                     stats.writer += time.perf_counter() - t
                     progress(packet)

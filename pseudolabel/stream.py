@@ -9,7 +9,8 @@ bucket: same shape, so a batch is one tensor with no padding). A bucket that rea
 ``bucket_buffer`` images (the fullest first), when the worker moves on to another unit (so a
 unit's shard can be closed), and at the end.
 
-A worker yields *packets*: ``images`` (uint8 [B, 3, H, W] or None), ``items`` (per image: key,
+A worker yields *packets*: ``images`` (per teacher, the model inputs [B, 3, H, W]: float32 from
+the teacher's image processor, uint8 under the Depth Anything rule; or None), ``items`` (per image: key,
 unit, source, sizes, bytes to store, metadata), ``errors`` (inputs that failed, with reasons) and
 ``ends`` ((unit, inputs in the chunk, chunks in the unit) once a chunk is fully read): the writer
 commits a unit when all its chunks ended and all their inputs are accounted for. Nothing an input
@@ -71,7 +72,8 @@ class LabelStream(IterableDataset):
     def _packet(self, records, errors, ends) -> dict:
         images = None
         if records:
-            images = torch.from_numpy(np.ascontiguousarray(np.stack([r.pop("image") for r in records]).transpose(0, 3, 1, 2)))
+            inputs = [r.pop("inputs") for r in records]
+            images = [torch.from_numpy(np.stack([x[k] for x in inputs])) for k in range(len(inputs[0]))]
         cpu = time.process_time()  # this worker's CPU time since its last packet (diagnostics)
         spent, self._cpu = cpu - self._cpu, cpu
         return {"images": images, "items": records, "errors": errors, "ends": ends, "cpu_s": spent}
@@ -113,7 +115,7 @@ class LabelStream(IterableDataset):
                 if error is not None:
                     errors.append(error)
                     continue
-                hw = tuple(record["image"].shape[:2])
+                hw = tuple(tuple(x.shape[-2:]) for x in record["inputs"])  # one batch: the same shapes for every teacher
                 buckets.setdefault(hw, []).append(record)
                 held += 1
                 if len(buckets[hw]) >= self.batch_size:

@@ -2,8 +2,8 @@
 
 Views: ``none`` = the image; ``flip`` = the image and its mirror; ``flip+scales`` = both at scale
 1 and at each of ``tta_scales`` (the normalised batch resized bicubically, sides multiples of the
-patch size). Every view's prediction is brought back to the base inference grid (un-mirrored,
-bilinear) and aligned to the mean of all views in the teacher's output space, because TTA views
+size multiple). Every view's prediction, post-processed by the teacher's input rule, is brought
+back to the first view's grid (un-mirrored, bilinear) and aligned to the mean of all views in the teacher's output space, because TTA views
 of a relative model may legitimately differ by what its geometry leaves unknown:
 
 - ``utss`` (scale and shift unknown, e.g. relative disparity): least-squares scale and shift of
@@ -26,99 +26,54 @@ Confidence = ``exp(-r / tau)`` in [0, 1] (``confidence_tau``, default 0.05: 5% s
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
-from distill.alignment import lsq_scale_shift, masked_median
-from distill.preprocessing import DEFAULT, Preprocessing, multiple_of
+from distill.alignment import combine
+from distill.inference import InputRule
+from distill.preprocessing import multiple_of
 from distill.spaces import OutputSpace
 
-EPS = 1e-6
 
 
 class Predictor:
-    """``predictor(images_uint8 [B, 3, H, W]) -> (label [B, H, W] float32, confidence or None)``,
-    both on the images' device, in the teacher's output space at the input grid."""
+    """``predictor(images [B, 3, H, W], original_hws) -> [(label [h, w] float32, confidence or None)]``,
+    one pair per image, on the images' device, in the teacher's output space, at the size the
+    job's ``InputRule`` post-processes to (the model input's size, or the image's for ZoeDepth)."""
 
-    def __init__(self, model, space: OutputSpace, tta: str = "none", scales=(0.75, 1.25), tau: float = 0.05,
-                 preprocessing: Preprocessing = DEFAULT, autocast_dtype=None):
-        self.model, self.space, self.tta = model, space, tta
+    def __init__(self, model, space: OutputSpace, rule: InputRule, tta: str = "none", scales=(0.75, 1.25),
+                 tau: float = 0.05, autocast_dtype=None):
+        self.model, self.space, self.rule, self.tta = model, space, rule, tta
         self.scales = [1.0] + ([float(s) for s in scales if float(s) != 1.0] if tta == "flip+scales" else [])
-        self.tau, self.preprocessing, self.autocast_dtype = tau, preprocessing, autocast_dtype
+        self.tau, self.autocast_dtype = tau, autocast_dtype
 
     @property
     def views(self) -> int:
         return len(self.scales) * (1 if self.tta == "none" else 2)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        ctx = (torch.autocast(x.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
-               else contextlib.nullcontext())
-        with ctx:
-            out = self.model(pixel_values=x).predicted_depth
-        return out.float()
-
     @torch.inference_mode()
-    def __call__(self, images: torch.Tensor):
+    def __call__(self, images: torch.Tensor, original_hws) -> list:
         b, _, h, w = images.shape
-        x, m = self.preprocessing.normalize(images), self.preprocessing.multiple
-        preds = []
+        x, m = self.rule.model_input(images), self.rule.preprocessing.multiple
+        hws = [tuple(hw) for hw in original_hws]
+        views = []  # per view: one map per image
         for s in self.scales:
             xs = x if s == 1.0 else F.interpolate(
                 x, size=(max(m, multiple_of(h * s, m)), max(m, multiple_of(w * s, m))),
                 mode="bicubic", align_corners=False, antialias=True)
             batch = xs if self.tta == "none" else torch.cat([xs, xs.flip(-1)])
-            out = self._forward(batch)
-            if out.shape[-2:] != (h, w):
-                out = F.interpolate(out[:, None], size=(h, w), mode="bilinear", align_corners=False)[:, 0]
-            preds.append(out[:b])
+            maps = self.rule.run(self.model, batch, hws * (1 if self.tta == "none" else 2), self.autocast_dtype)
+            views.append(maps[:b])
             if self.tta != "none":
-                preds.append(out[b:].flip(-1))
-        if len(preds) == 1:
-            return preds[0], None
-        label, spread = combine(torch.stack(preds), self.space)
-        return label, torch.exp(-spread / self.tau)
-
-
-def _lsq_align(p: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """Per image least-squares s, t with s * p + t ~ ref (``distill.alignment``). p: [K, B, N], ref: [B, N]."""
-    k, b, n = p.shape
-    rows, target = p.reshape(k * b, n), ref.expand(k, b, n).reshape(k * b, n)
-    scale, shift = lsq_scale_shift(rows, target, torch.ones_like(rows, dtype=torch.bool))
-    return (scale[:, None] * rows + shift[:, None]).reshape(k, b, n)
-
-
-def _median_shift(d: torch.Tensor) -> torch.Tensor:
-    """Per image median of d [K, B, N] (``distill.alignment.masked_median``), as [K, B, 1]."""
-    k, b, n = d.shape
-    rows = d.reshape(k * b, n)
-    return masked_median(rows, torch.ones_like(rows, dtype=torch.bool)).reshape(k, b, 1)
-
-
-def combine(preds: torch.Tensor, space: OutputSpace) -> tuple[torch.Tensor, torch.Tensor]:
-    """Align K predictions [K, B, H, W] to their mean; return (label [B, H, W], relative spread)."""
-    k, b, h, w = preds.shape
-    p = preds.reshape(k, b, h * w)
-    positive = space.space in ("depth", "disparity")
-    if space.geometry == "utss":
-        aligned = _lsq_align(p, p.mean(0))
-    elif space.geometry == "uts":
-        if positive:
-            logp = torch.log(p.clamp_min(EPS))
-            aligned = p * torch.exp(_median_shift(logp.mean(0, keepdim=True) - logp))
-        else:
-            aligned = p + _median_shift(p.mean(0, keepdim=True) - p)
-    else:
-        aligned = p
-    label = aligned.mean(0)
-    if positive and bool((p >= 0).all()):
-        label = label.clamp_min(0)  # alignment may dip a never-negative map (ReLU zeros) below 0
-    if space.geometry == "utss":
-        scale = (label - label.median(-1, keepdim=True).values).abs().mean(-1, keepdim=True).clamp_min(EPS)
-        spread = aligned.std(0, unbiased=False) / scale
-    elif positive:
-        spread = torch.log(aligned.clamp_min(EPS)).std(0, unbiased=False)
-    else:
-        spread = aligned.std(0, unbiased=False)
-    return label.reshape(b, h, w), spread.reshape(b, h, w)
+                views.append([p.flip(-1) for p in maps[b:]])
+        if len(views) == 1:
+            return [(label, None) for label in views[0]]
+        out = []
+        for i in range(b):  # the first view's grid is the label's; the others are resized onto it
+            grid = tuple(views[0][i].shape)
+            stack = torch.stack([v[i] if tuple(v[i].shape) == grid else
+                                 F.interpolate(v[i][None, None], size=grid, mode="bilinear", align_corners=False)[0, 0]
+                                 for v in views])
+            label, spread = combine(stack[:, None], self.space)
+            out.append((label[0], torch.exp(-spread[0] / self.tau)))
+        return out

@@ -28,8 +28,10 @@ from pseudolabel.stream import lower_priority
 
 class Writer:
     def __init__(self, out_dir: str, header: dict, sample_meta: dict, image_ext: str, png_compression: int = 1,
-                 encode_threads: int = 1, queue_size: int = 8, nice: int = 0, label_size: str = "inference"):
+                 encode_threads: int = 1, queue_size: int = 8, nice: int = 0, label_size: str = "inference",
+                 teachers: list[dict] | None = None):
         self.out_dir, self.header, self.sample_meta, self.label_size = out_dir, header, sample_meta, label_size
+        self.teachers = teachers  # several teachers: name, space, ... of each (the first one's label is depth.png)
         self.space = header["space"]
         self.image_ext, self.png_compression = image_ext, png_compression
         self.nice = nice
@@ -47,11 +49,12 @@ class Writer:
         self.thread.start()
 
     # ----------------------------------------------------------------------- main-thread side
-    def put(self, packet: dict, label=None, confidence=None) -> None:
+    def put(self, packet: dict, labels=None) -> None:
+        """``labels``: per item of the packet, [(label [h, w], confidence or None)] per teacher (CPU tensors)."""
         while True:
             self._raise()
             try:
-                self.queue.put((packet, label, confidence), timeout=0.5)
+                self.queue.put((packet, labels), timeout=0.5)
                 return
             except queue.Full:
                 continue
@@ -112,22 +115,35 @@ class Writer:
             self.accounted.setdefault(unit, 0)
         return self.shards[unit]
 
-    def _encode(self, item: dict, label: np.ndarray, confidence: np.ndarray | None):
+    def _label_members(self, item: dict, label: np.ndarray, confidence, space: str, suffix: str):
+        """One teacher's depth (and confidence) PNG members and decode parameters."""
         ih, iw = item["image_hw"]
         if self.label_size == "original" and label.shape != (ih, iw):
             label = cv2.resize(label, (iw, ih), interpolation=cv2.INTER_LINEAR)
             if confidence is not None:
                 confidence = cv2.resize(confidence, (iw, ih), interpolation=cv2.INTER_LINEAR)
+        codes, params = quantise(label, space)  # ValueError: the sample is reported, not stored
+        members = [(f"depth{suffix}.png", encode_png(codes, self.png_compression))]
+        if confidence is not None:
+            members.append((f"conf{suffix}.png", encode_png(quantise_confidence(confidence), self.png_compression)))
+        return members, params, list(label.shape)
+
+    def _encode(self, item: dict, labels: list):
+        """``labels``: [(label, confidence or None)] per teacher. The first teacher's label is
+        ``depth.png`` / ``conf.png`` (what a single-teacher job writes); with several teachers, teacher
+        ``name``'s is ``depth.<name>.png`` / ``conf.<name>.png`` and the JSON lists them under ``teachers``."""
+        ih, iw = item["image_hw"]
         try:
-            codes, params = quantise(label, self.space)
+            members, params, label_hw = self._label_members(item, *labels[0], self.space, "")
+            extra = []
+            for teacher, (label, conf) in zip((self.teachers or [])[1:], labels[1:]):
+                more, more_params, _ = self._label_members(item, label, conf, teacher["space"], "." + teacher["name"])
+                members += more
+                extra.append((teacher, more_params, [m[0] for m in more]))
         except ValueError as e:
             return None, str(e)
-        members = []
         if item["stored"] is not None:
-            members.append((self.image_ext, item["stored"]))
-        members.append(("depth.png", encode_png(codes, self.png_compression)))
-        if confidence is not None:
-            members.append(("conf.png", encode_png(quantise_confidence(confidence), self.png_compression)))
+            members.insert(0, (self.image_ext, item["stored"]))
         meta = {
             "key": item["key"],
             "source": item["source"],
@@ -135,12 +151,19 @@ class Writer:
             **self.sample_meta,
             "original_size": list(item["original_hw"]),
             "image_size": [ih, iw],
-            "label_size": list(label.shape),
+            "label_size": label_hw,
             "inference_size": list(item["inference_hw"]),
             "depth": params,
             "image": {"stored": item["stored_how"], "field": self.image_ext if item["stored"] is not None else ""},
             **item["meta"],
         }
+        if self.teachers:
+            first = self.teachers[0]
+            meta["teachers"] = [{"name": first["name"], "teacher": first["teacher"], "space": first["space"],
+                                 "geometry": first["geometry"], "depth": params,
+                                 "fields": [m[0] for m in members if m[0] in ("depth.png", "conf.png")]}]
+            meta["teachers"] += [{"name": t["name"], "teacher": t["teacher"], "space": t["space"], "geometry": t["geometry"],
+                                  "depth": p, "fields": fields} for t, p, fields in extra]
         members.append(("json", json.dumps(meta, ensure_ascii=False, separators=(",", ":")).encode("utf-8")))
         return members, None
 
@@ -148,7 +171,7 @@ class Writer:
         self._shard(unit)
         self.accounted[unit] = self.accounted.get(unit, 0) + n
 
-    def _handle(self, packet: dict, label, confidence):
+    def _handle(self, packet: dict, labels):
         touched = set()
         for error in packet["errors"]:
             self._shard(error["unit"]).add_error({"key": error["key"], "source": error["source"],
@@ -158,11 +181,10 @@ class Writer:
             touched.add(error["unit"])
         items = packet["items"]
         if items:
-            labels = label.numpy()
-            confs = confidence.numpy() if confidence is not None else [None] * len(items)
             for item in items:
-                item["inference_hw"] = tuple(labels.shape[1:])
-            args = list(zip(items, labels, confs))
+                item["inference_hw"] = tuple(packet["images"][0].shape[-2:])
+            args = [(item, [(label.numpy(), None if conf is None else conf.numpy()) for label, conf in per_teacher])
+                    for item, per_teacher in zip(items, labels)]
             results = list(self.pool.map(lambda a: self._encode(*a), args)) if self.pool else [self._encode(*a) for a in args]
             for item, (members, reason) in zip(items, results):
                 shard = self._shard(item["unit"])

@@ -42,7 +42,9 @@ class StudentConfig(TrainConfig):
     teacher: str | None = None
     # The frozen reference of feature alignment: a DINOv2 (hub id or directory, any size: another
     # width than the student's adds a trained linear projection), or a depth model / training run
-    # whose DINOv2 encoder is taken (e.g. the teacher's, where no pretrained DINOv2 is reachable);
-    # default: a frozen copy of the student's initial encoder.
+    # whose encoder is taken (e.g. the teacher's, where no pretrained DINOv2 is reachable);
+    # default: a frozen copy of the student's initial encoder. Any student architecture aligns to
+    # any of these: its final feature map is resampled to the reference's grid (GLPN's last stage,
+    # a patch-16 ViT's tokens against a patch-14 DINOv2).
     frozen_dinov2: str | None = None
     student: StudentObjectiveConfig = field(default_factory=StudentObjectiveConfig)

@@ -4,40 +4,63 @@ teacher's objective on labeled rows when the batch mixes them in (Depth Anything
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from distill.losses import feature_alignment_loss, gradient_matching_loss, ssi_loss, uts_loss
-from distill.preprocessing import DEFAULT, Preprocessing
+from distill.models import encoder_of, size_multiple
+from distill.preprocessing import DEFAULT, Preprocessing, multiple_of
 from distill.spaces import OutputSpace, convert
 from student.config import StudentObjectiveConfig
 from student.perturb import cutmix
 from teacher.objective import TeacherObjective
 
 
-class FinalTokens:
-    """Captures the final-layer patch tokens (LayerNorm applied) of a DINOv2 backbone as it runs,
-    so the student's depth forward also yields its features without a second encoder pass."""
+class FinalFeatures:
+    """The final feature map [B, C, h, w] of an encoder (``distill.models.encoder_of``, or a frozen
+    reference), captured by a forward hook as it runs: the student's depth forward yields its
+    features without a second encoder pass, and the reference's own call yields its. A ViT (DINOv2
+    backbone, DPT's ViT) gives its final tokens less the class token on the patch grid, a
+    hierarchical encoder (GLPN's Mix Transformer) its last stage's map."""
 
-    def __init__(self, backbone):
-        self.tokens = None
-        backbone.register_forward_hook(self._hook)
+    def __init__(self, encoder):
+        self.map = None
+        self.patch_size = getattr(encoder.config, "patch_size", None)
+        encoder.register_forward_hook(self._hook, with_kwargs=True)
 
-    def _hook(self, module, inputs, output):
-        self.tokens = output.feature_maps[-1][:, 1:]  # drop the class token
+    def _hook(self, module, args, kwargs, output):
+        height, width = (args[0] if args else kwargs["pixel_values"]).shape[-2:]
+        maps = getattr(output, "feature_maps", None)
+        features = maps[-1] if maps is not None else output.last_hidden_state
+        if features.dim() == 3:  # ViT tokens [B, 1 + h * w, C]
+            h, w = height // self.patch_size, width // self.patch_size
+            features = features[:, -h * w:].transpose(1, 2).reshape(features.shape[0], -1, h, w)
+        self.map = features
+
+
+def fit_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """[B, C, H, W] resized (bilinear) to the nearest sides that are multiples of ``multiple``: what a
+    model of that size multiple takes for these images (a teacher or frozen reference of another
+    architecture than the student), the same field of view."""
+    size = tuple(multiple_of(side, multiple, multiple) for side in x.shape[-2:])
+    return x if size == tuple(x.shape[-2:]) else F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def feature_width(encoder) -> int:
+    """The channels of an encoder's ``FinalFeatures``."""
+    config = encoder.config
+    return config.hidden_sizes[-1] if config.model_type == "glpn" else config.hidden_size
 
 
 def attach_feature_projection(model, frozen_encoder) -> bool:
     """Where the frozen reference has another width than the student (e.g. a ViT-L reference for a
-    ViT-S student), a linear projection of the student's tokens to the reference's width, trained
-    with the student. It lives under ``model.training_heads``: checkpointed and synchronised with
-    the model, left out of the final model (``distill.engine``). Returns whether one was added."""
-    student, reference = model.config.backbone_config, frozen_encoder.config
-    if student.patch_size != reference.patch_size:
-        raise ValueError(f"frozen_dinov2 has patch size {reference.patch_size}, the student {student.patch_size}: "
-                         "their tokens do not correspond")
-    if student.hidden_size == reference.hidden_size:
+    ViT-S student, a DINOv2 for a GLPN), a linear projection of the student's features to the
+    reference's width, trained with the student. It lives under ``model.training_heads``:
+    checkpointed and synchronised with the model, left out of the final model (``distill.engine``).
+    Returns whether one was added. (Grids may differ: the objective resamples the student's map.)"""
+    student, reference = feature_width(encoder_of(model)), feature_width(frozen_encoder)
+    if student == reference:
         return False
-    model.training_heads = torch.nn.ModuleDict(
-        {"feature_projection": torch.nn.Linear(student.hidden_size, reference.hidden_size)})
+    model.training_heads = torch.nn.ModuleDict({"feature_projection": torch.nn.Linear(student, reference)})
     return True
 
 
@@ -56,20 +79,40 @@ class StudentObjective:
         self.labeled = TeacherObjective(cfg.labeled, preprocessing)
         self.generator = torch.Generator().manual_seed(seed)  # CutMix boxes: reproducible on resume
         self._features = None
+        self._frozen_features = FinalFeatures(frozen_encoder) if frozen_encoder is not None else None
 
     def _student_features(self, model):
         if self._features is None:
-            backbone = getattr(model, "module", model).backbone
-            self._features = FinalTokens(backbone)
+            self._features = FinalFeatures(encoder_of(getattr(model, "module", model)))
         return self._features
+
+    def feature_loss(self, model, student_map: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """Alignment of the student's feature map to the frozen reference's on the same images.
+        The reference sees them fitted to its own size multiple (a patch-14 DINOv2 for a GLPN
+        student's multiples of 32); the student's map is resampled to the reference's grid, then
+        projected to its width."""
+        x = fit_to_multiple(self.frozen_preprocessing.normalize(images), size_multiple(self.frozen_encoder.config))
+        with torch.no_grad():
+            self.frozen_encoder(pixel_values=x)
+        frozen = self._frozen_features.map
+        if student_map.shape[-2:] != frozen.shape[-2:]:
+            student_map = F.interpolate(student_map, size=frozen.shape[-2:], mode="bilinear", align_corners=False)
+        tokens = student_map.flatten(2).transpose(1, 2)
+        heads = getattr(getattr(model, "module", model), "training_heads", None)
+        if heads is not None:
+            tokens = heads["feature_projection"](tokens)
+        return feature_alignment_loss(tokens, frozen.flatten(2).transpose(1, 2), margin=self.cfg.feature_margin)
 
     def pseudo_targets(self, batch: dict, pseudo: torch.Tensor):
         """Pseudo-labels in the student's output space, from the shards or (online) the teacher
         run on the clean images."""
         if self.teacher is not None:
             target = torch.zeros_like(batch["target"], dtype=torch.float32)
+            x = fit_to_multiple(self.teacher_preprocessing.normalize(batch["image"][pseudo]), size_multiple(self.teacher.config))
             with torch.no_grad():
-                pred = self.teacher(pixel_values=self.teacher_preprocessing.normalize(batch["image"][pseudo])).predicted_depth.float()
+                pred = self.teacher(pixel_values=x).predicted_depth.float()
+            if pred.shape[-2:] != target.shape[-2:]:  # a teacher of another size multiple than the student's crops
+                pred = F.interpolate(pred[:, None], size=target.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
             target[pseudo] = convert(pred, self.teacher.config.output_space, self.output_space.space)
             return target, torch.ones_like(batch["valid"]), torch.ones_like(target)
         target = batch["target"].float().clone()
@@ -108,13 +151,7 @@ class StudentObjective:
             loss = loss + pseudo_loss
             logs["pseudo"] = pseudo_loss.detach()
             if c.feature_weight and self.frozen_encoder is not None:
-                with torch.no_grad():
-                    frozen = self.frozen_encoder(pixel_values=self.frozen_preprocessing.normalize(images[pseudo])).feature_maps[-1][:, 1:]
-                tokens = features.tokens[pseudo]
-                heads = getattr(getattr(model, "module", model), "training_heads", None)
-                if heads is not None:
-                    tokens = heads["feature_projection"](tokens)
-                feat = feature_alignment_loss(tokens, frozen, margin=c.feature_margin)
+                feat = self.feature_loss(model, features.map[pseudo], images[pseudo])
                 loss = loss + c.feature_weight * feat
                 logs["feature"] = feat.detach()
         labeled = ~pseudo

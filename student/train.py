@@ -3,9 +3,10 @@ feature alignment to a frozen DINOv2, optional labeled data at a per-batch ratio
 
     accelerate launch distill/train_student.py --config configs/student/tiny.yaml [key=value | --key value ...]
 
-The student is a fresh model (DINOv2-initialised encoder, random decoder), never the teacher's
-weights. It learns in the teacher's output space: a geometry-preserving teacher (depth up to scale)
-gives a geometry-preserving student (UTS loss), a relative one a relative student (SSI + gradient).
+The student is a fresh model (a Depth Anything preset with a DINOv2-initialised encoder, or a
+faster dpt-* / glpn-* preset; random decoder), never the teacher's weights. It learns in the
+teacher's output space: a geometry-preserving teacher (depth up to scale) gives a
+geometry-preserving student (UTS loss), a relative one a relative student (SSI + gradient).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from distill.config import ConfigError, parse_cli, run_main
 from distill.data.loading import build_dataset
 from distill.data.transforms import TrainTransform
 from distill.engine import make_model, model_preprocessing, train
-from distill.models import load_frozen_reference, load_preprocessing, resolve_model, resolve_reference
+from distill.models import encoder_of, load_frozen_reference, load_preprocessing, resolve_model, resolve_reference
 from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY, OutputSpace
 from student.config import StudentConfig
 from student.objective import StudentObjective, attach_feature_projection
@@ -62,15 +63,15 @@ def _main(argv=None) -> int:
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model, space)
     preprocessing = model_preprocessing(cfg.model)
+    if cfg.data.crop_size % preprocessing.multiple:
+        raise ConfigError(f"data.crop_size={cfg.data.crop_size} is not a multiple of {preprocessing.multiple}, "
+                          f"the size multiple of the student ({cfg.model.init_from or cfg.model.preset})")
     if cfg.frozen_dinov2:
         frozen = load_frozen_reference(cfg.frozen_dinov2)
         frozen_preprocessing = load_preprocessing(resolve_reference(cfg.frozen_dinov2), frozen.config)
     else:
-        frozen, frozen_preprocessing = copy.deepcopy(model.backbone), preprocessing
-    try:
-        attach_feature_projection(model, frozen)
-    except ValueError as err:
-        raise ConfigError(str(err)) from None
+        frozen, frozen_preprocessing = copy.deepcopy(encoder_of(model)), preprocessing
+    attach_feature_projection(model, frozen)
 
     # Colour jitter and blur on pseudo-labeled images only; online, the teacher must see clean images.
     perturb = photometric(cfg.student.perturb) if teacher is None else []

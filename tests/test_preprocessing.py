@@ -91,7 +91,7 @@ from pseudolabel.job import run
 repo, image_path, bench, out = sys.argv[1:5]
 proc = AutoImageProcessor.from_pretrained(repo)
 expected = proc(images=resize_for_inference(read_rgb(image_path), 28), do_resize=False, return_tensors="pt")["pixel_values"]
-run(load_config(PseudolabelConfig, None, [f"teacher={repo}", f"input={image_path}", f"output={out}", "input_size=28",
+run(load_config(PseudolabelConfig, None, [f"teacher={repo}", f"input={image_path}", f"output={out}", "resize=depth_anything", "input_size=28",
                                          "num_workers=0", "streams=1", "progress=false"]), log=lambda m: None)
 labeled = seen[-1]
 assert evaluate(["--model", repo, "--benchmark", "folder", "--data-root", bench, "--input-size", "28"]) == 0

@@ -83,7 +83,7 @@ def corpus(tmp_path_factory):
 
 
 def config(teacher, inputs, output, *overrides, **kwargs):
-    base = [f"teacher={teacher}", f"input={inputs}", f"output={output}", "input_size=56", "batch_size=4",
+    base = [f"teacher={teacher}", f"input={inputs}", f"output={output}", "batch_size=4",
             "num_workers=0", "shard_size=5", "progress=false"]
     cfg = load_config(PseudolabelConfig, None, base + list(overrides))
     for k, v in kwargs.items():
@@ -141,17 +141,20 @@ def test_quantisation_round_trip_precision():
 def test_labeling_inputs_follow_the_one_preprocessing_rule_and_cap_extreme_aspects():
     from distill.preprocessing import inference_size, resize_for_inference
 
-    plan = DecodePlan(input_size=518)
+    from distill.inference import InputRule
+    from distill.preprocessing import DEFAULT
+
+    plan = DecodePlan((InputRule("depth_anything", DEFAULT, input_size=518),))
     for h, w in [(1362, 2048), (480, 640), (2048, 1362), (500, 741), (1, 1), (300, 1000)]:
-        assert inference_size(h, w, 518, 14, plan.max_aspect) == inference_size(h, w, 518)
-    assert inference_size(1, 5000, 518, 14, plan.max_aspect) == (14, 2072)  # a 1x5000 strip would otherwise be 518 x 2.59M
-    assert inference_size(4000, 1000, 518, 14, plan.max_aspect) == (2072, 518)
+        assert inference_size(h, w, 518, 14, plan.rules[0].max_aspect) == inference_size(h, w, 518)
+    assert inference_size(1, 5000, 518, 14, plan.rules[0].max_aspect) == (14, 2072)  # a 1x5000 strip would otherwise be 518 x 2.59M
+    assert inference_size(4000, 1000, 518, 14, plan.rules[0].max_aspect) == (2072, 518)
     # the image the teacher sees is exactly distill.preprocessing's resize of the decoded photo
     rgb = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
-    decoded = decode_item(buf.getvalue(), DecodePlan(input_size=56))
-    assert np.array_equal(decoded["image"], resize_for_inference(rgb, 56))
+    decoded = decode_item(buf.getvalue(), DecodePlan((InputRule("depth_anything", DEFAULT, input_size=56),)))
+    assert np.array_equal(decoded["inputs"][0], resize_for_inference(rgb, 56).transpose(2, 0, 1))
 
 
 def test_tta_alignment_and_confidence():
@@ -206,22 +209,23 @@ def test_job_outputs_read_back_everywhere(teacher, corpus, tmp_path):
         assert s.image.shape[:2] == s.target.shape == tuple(s.meta["original_size"])
         assert s.meta["teacher"] == str(teacher) and s.meta["depth"]["encoding"] == "log"
 
-    # the label is the teacher's flip-averaged prediction, resized back, within 1e-3
-    from pseudolabel.decode import decode_item
+    # the label is the teacher's flip-averaged prediction through its image processor, resized back, within 1e-3
     from pseudolabel.tta import Predictor
-    from distill.models import load_depth_model
+    from distill.inference import InputRule
+    from distill.models import resolve_model
     import cv2
 
-    model = load_depth_model(str(teacher)).eval()
-    predictor = Predictor(model, OutputSpace("disparity", "utss"), "flip")
+    resolved = resolve_model(str(teacher))
+    rule = InputRule("processor", resolved.preprocessing, resolved.processor)
+    predictor = Predictor(resolved.model.eval(), OutputSpace("disparity", "utss"), rule, "flip")
     for key in keys[:4]:
         s = from_wds[key]
-        x = decode_item(Path(s.meta["path"]).read_bytes(), DecodePlan(input_size=56, store_image="none"))["image"]
-        label, conf = predictor(torch.from_numpy(x).permute(2, 0, 1)[None].contiguous())
+        x = rule.prepare(np.asarray(Image.open(s.meta["path"]).convert("RGB")))
+        [(label, conf)] = predictor(torch.from_numpy(x)[None], [s.target.shape])
         h, w = s.target.shape
-        expected = cv2.resize(label[0].numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
+        expected = cv2.resize(label.numpy(), (w, h), interpolation=cv2.INTER_LINEAR)
         assert np.abs(s.target / expected - 1).max() < 1e-3
-        assert np.abs(s.confidence - cv2.resize(conf[0].numpy(), (w, h))).max() <= 0.5 / 255 + 1e-6
+        assert np.abs(s.confidence - cv2.resize(conf.numpy(), (w, h))).max() <= 0.5 / 255 + 1e-6
 
     # the training reader, registered in READERS, in a DataLoader with 2 workers
     from distill.data.readers import build_reader
@@ -240,9 +244,9 @@ def test_job_outputs_read_back_everywhere(teacher, corpus, tmp_path):
 
 
 def test_killed_and_resumed_and_two_process_runs_give_the_same_keys(teacher, corpus, tmp_path):
-    opts = ["--input-size", "112", "--batch-size", "1", "--workers", "0", "--shard-size", "2", "--tta", "flip"]
+    opts = ["--resize", "depth_anything", "--input-size", "112", "--batch-size", "1", "--workers", "0", "--shard-size", "2", "--tta", "flip"]
     reference = tmp_path / "reference"
-    run(config(teacher, corpus, reference, "input_size=112", "batch_size=1", "shard_size=2", "tta=flip"))
+    run(config(teacher, corpus, reference, "resize=depth_anything", "input_size=112", "batch_size=1", "shard_size=2", "tta=flip"))
     want = sorted(shard_keys(reference))
     assert len(want) == 24
 
@@ -265,7 +269,7 @@ def test_killed_and_resumed_and_two_process_runs_give_the_same_keys(teacher, cor
     (out / "shard-000011.tar.tmp").write_bytes(b"partial")
     (out / "index" / "shard-000010.json.tmp.123").write_bytes(b"{")
     # the same command again (in this process: the same code path, without another start-up)
-    manifest = run(config(teacher, corpus, out, "input_size=112", "batch_size=1", "shard_size=2", "tta=flip"))
+    manifest = run(config(teacher, corpus, out, "resize=depth_anything", "input_size=112", "batch_size=1", "shard_size=2", "tta=flip"))
     assert manifest["labeled"] == 24 and len(manifest["shards"]) == 12
     assert sorted(shard_keys(out)) == want
     assert not glob.glob(str(out / "**" / "*.tmp*"), recursive=True)
@@ -466,7 +470,7 @@ def cli(capsys, *args):
 
 
 def test_cli_errors_are_one_line_with_exit_code_2(teacher, corpus, tmp_path, capsys):
-    base = ["--teacher", teacher, "--input", corpus, "--output", tmp_path / "o", "--input-size", "56"]
+    base = ["--teacher", teacher, "--input", corpus, "--output", tmp_path / "o"]
     for args, expected in [
         (["--tta", "sideways"], "tta: 'sideways' is not one of"),
         (["--batch-size", "many"], "batch_size: expected an integer, got 'many'"),
@@ -486,9 +490,14 @@ def test_cli_errors_are_one_line_with_exit_code_2(teacher, corpus, tmp_path, cap
         code, err = cli(capsys, *args)
         assert code == 2 and err.count("\n") == 1 and expected in err, err
     # a restart with other output-defining options is refused
-    run(config(teacher, f"{corpus}/set2", tmp_path / "o4"))
-    code, err = cli(capsys, "--teacher", teacher, "--input", f"{corpus}/set2", "--output", tmp_path / "o4", "--input-size", "70")
+    run(config(teacher, f"{corpus}/set2", tmp_path / "o4", "resize=depth_anything", "input_size=56"))
+    again = ["--teacher", teacher, "--input", f"{corpus}/set2", "--output", tmp_path / "o4"]
+    code, err = cli(capsys, *again, "--resize", "depth_anything", "--input-size", "70")
     assert code == 2 and err.count("\n") == 1 and "was started with input_size=56" in err, err
+    code, err = cli(capsys, *again)  # the default rule is another labeling: refused, naming the rule
+    assert code == 2 and err.count("\n") == 1 and "was started with resize='depth_anything'" in err, err
+    code, err = cli(capsys, *again, "--input-size", "70")
+    assert code == 2 and err.count("\n") == 1 and "input_size applies to resize=depth_anything" in err, err
 
 
 def test_real_photos_are_labeled(teacher, tmp_path):

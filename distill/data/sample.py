@@ -36,6 +36,9 @@ class Sample:
     intrinsics: np.ndarray | None = None
     confidence: np.ndarray | None = None
     meta: dict = field(default_factory=dict)
+    # Shards labeled by several teachers: every teacher's label by name (the fields above hold the
+    # first teacher's); empty otherwise. ``distill.data.shards.choose_teacher`` picks one per sample.
+    teacher_labels: dict = field(default_factory=dict)
 
     def __post_init__(self):
         where = f"{self.dataset}/{self.key}"
@@ -59,3 +62,14 @@ class Sample:
     def unlabeled(cls, image: np.ndarray, dataset: str, key: str, **kwargs) -> "Sample":
         h, w = image.shape[:2]
         return cls(image, np.zeros((h, w), np.float32), np.zeros((h, w), bool), "depth", "none", dataset, key, **kwargs)
+
+
+@dataclass
+class TeacherLabel:
+    """One teacher's label of a sample: float32 target [H, W] in ``space``, valid mask, confidence or None."""
+
+    target: np.ndarray
+    valid: np.ndarray
+    space: str
+    geometry: str
+    confidence: np.ndarray | None = None

@@ -32,7 +32,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from distill.data.formats import pil_to_rgb, read_rgb
-from distill.data.sample import Sample, SampleError
+from distill.data.sample import Sample, SampleError, TeacherLabel
 from distill.data.codec import decode_png, dequantise, dequantise_confidence
 
 INDEX_DIR = "index"
@@ -236,21 +236,7 @@ def decode_sample(sample: dict) -> Sample:
         except ValueError:
             raise SampleError(f"{key}: .json member is not JSON") from None
     key = meta.get("key", key)
-    depth = _field(sample, "depth.png")
-    if depth is None:
-        raise SampleError(f"{key}: sample has no depth.png member")
-    codes = _array(depth, "depth.png", key)
-    if codes.dtype != np.uint16 or codes.ndim != 2:
-        raise SampleError(f"{key}: depth.png must be 16-bit single-channel, got {codes.dtype} {codes.shape}"
-                          " (decode the raw bytes; an image decoder may have reduced it to 8 bits)")
-    params = meta["depth"]
-    target = dequantise(codes, params)
-    if params["encoding"] == "log" and meta["space"] == "depth":
-        valid = codes > 0  # zero depth is no depth
-    else:
-        valid = np.ones(codes.shape, dtype=bool)  # zero disparity: infinitely far, a valid label
-    conf = _field(sample, "conf.png")
-    confidence = dequantise_confidence(_array(conf, "conf.png", key)) if conf is not None else None
+    codes, target, valid, confidence = _label(sample, "depth.png", "conf.png", meta["depth"], meta["space"], key)
     image_value = next((_field(sample, f) for f in IMAGE_FIELDS if _field(sample, f) is not None), None)
     if image_value is not None:
         image = _image(image_value, key)
@@ -259,12 +245,95 @@ def decode_sample(sample: dict) -> Sample:
         if not path or not os.path.isfile(path):
             raise SampleError(f"{key}: no stored image and the source {path or meta.get('source')!r} is not a readable file")
         image = read_rgb(path)
-    if image.shape[:2] != codes.shape:  # labels stored at the teacher's resolution: resize back
-        if list(image.shape[:2]) != list(meta.get("image_size", image.shape[:2])):
-            raise SampleError(f"{key}: image {image.shape[:2]} is not the recorded size {meta.get('image_size')}")
-        target, valid, confidence = resize_label(target, valid, confidence, image.shape[:2])
+    if image.shape[:2] != codes.shape and list(image.shape[:2]) != list(meta.get("image_size", image.shape[:2])):
+        raise SampleError(f"{key}: image {image.shape[:2]} is not the recorded size {meta.get('image_size')}")
+    hw = image.shape[:2]
+    if codes.shape != hw:  # labels stored at the teacher's resolution: resize back
+        target, valid, confidence = resize_label(target, valid, confidence, hw)
+    labels = {}
+    for i, t in enumerate(meta.get("teachers") or []):  # several teachers: each one's label, by name
+        if i == 0:
+            labels[t["name"]] = TeacherLabel(target, valid, meta["space"], meta["geometry"], confidence)
+            continue
+        conf_field = f"conf.{t['name']}.png" if f"conf.{t['name']}.png" in t.get("fields", []) else None
+        c, tt, vv, cc = _label(sample, f"depth.{t['name']}.png", conf_field, t["depth"], t["space"], key)
+        if c.shape != hw:
+            tt, vv, cc = resize_label(tt, vv, cc, hw)
+        labels[t["name"]] = TeacherLabel(tt, vv, t["space"], t["geometry"], cc)
     return Sample(image, target, valid, meta["space"], meta["geometry"], meta.get("dataset", "pseudolabel"), key,
-                  confidence=confidence, meta=meta)
+                  confidence=confidence, meta=meta, teacher_labels=labels)
+
+
+def _label(sample: dict, depth_field: str, conf_field: str | None, params: dict, space: str, key: str):
+    """One stored label: (codes, target, valid, confidence or None) at the stored resolution."""
+    depth = _field(sample, depth_field)
+    if depth is None:
+        raise SampleError(f"{key}: sample has no {depth_field} member")
+    codes = _array(depth, depth_field, key)
+    if codes.dtype != np.uint16 or codes.ndim != 2:
+        raise SampleError(f"{key}: {depth_field} must be 16-bit single-channel, got {codes.dtype} {codes.shape}"
+                          " (decode the raw bytes; an image decoder may have reduced it to 8 bits)")
+    target = dequantise(codes, params)
+    if params["encoding"] == "log" and space == "depth":
+        valid = codes > 0  # zero depth is no depth
+    else:
+        valid = np.ones(codes.shape, dtype=bool)  # zero disparity: infinitely far, a valid label
+    conf = _field(sample, conf_field) if conf_field else None
+    confidence = dequantise_confidence(_array(conf, conf_field, key)) if conf is not None else None
+    return codes, target, valid, confidence
+
+
+TEACHER_CHOICES = ("random", "mean")
+
+
+def choose_teacher(sample: Sample, how: str = "random", generator=None, agreement_tau: float = 0.05) -> Sample:
+    """The label a student learns from, for a sample of several teachers (others pass unchanged):
+
+    - ``random``: one teacher drawn per sample and step (Distill Any Depth: better than averaging);
+    - a teacher's name: always that one;
+    - ``mean``: every label converted to a common space (disparity if any teacher is scale-and-shift
+      ambiguous, else depth), aligned to their mean as the geometry allows (``distill.alignment.combine``),
+      averaged; the confidence becomes their agreement ``exp(-spread / agreement_tau)``.
+    """
+    labels = sample.teacher_labels
+    if len(labels) < 2:
+        return sample
+    if how == "random":
+        import torch  # noqa: PLC0415 - the DataLoader seeds torch per worker: reproducible draws
+
+        name = list(labels)[int(torch.randint(len(labels), (1,), generator=generator))]
+    elif how == "mean":
+        return _mean_of_teachers(sample, agreement_tau)
+    elif how in labels:
+        name = how
+    else:
+        raise SampleError(f"{sample.key}: no teacher {how!r} in this sample (teachers: {', '.join(labels)}; "
+                          f"or one of {', '.join(TEACHER_CHOICES)})")
+    t = labels[name]
+    sample.target, sample.valid, sample.space, sample.geometry, sample.confidence = (
+        t.target, t.valid & np.isfinite(t.target), t.space, t.geometry, t.confidence)
+    sample.meta = {**sample.meta, "chosen_teacher": name}
+    return sample
+
+
+def _mean_of_teachers(sample: Sample, tau: float) -> Sample:
+    import torch  # noqa: PLC0415
+
+    from distill.alignment import combine  # noqa: PLC0415
+    from distill.spaces import OutputSpace, convert  # noqa: PLC0415
+
+    labels = list(sample.teacher_labels.values())
+    geometries = {t.geometry for t in labels}
+    common = (OutputSpace("disparity", "utss") if "utss" in geometries else
+              OutputSpace("depth", "uts") if "uts" in geometries else OutputSpace("depth", "metric"))
+    maps = torch.stack([torch.from_numpy(convert(t.target, t.space, common.space)) for t in labels])[:, None]
+    label, spread = combine(maps.float(), common)
+    valid = np.logical_and.reduce([t.valid for t in labels])
+    sample.target, sample.valid = label[0].numpy(), valid & np.isfinite(label[0].numpy())
+    sample.space, sample.geometry = common.space, common.geometry
+    sample.confidence = torch.exp(-spread[0] / tau).numpy()
+    sample.meta = {**sample.meta, "chosen_teacher": "mean"}
+    return sample
 
 
 # -------------------------------------------------------------------------------------- reading
@@ -308,9 +377,11 @@ class ShardReader(Dataset):
 
     name = "shards"
 
-    def __init__(self, root, name: str | None = None, cache_shards: int = 8):
+    def __init__(self, root, name: str | None = None, cache_shards: int = 8, teacher: str = "random",
+                 agreement_tau: float = 0.05):
         self.root = root
         self.cache_shards = cache_shards
+        self.teacher, self.agreement_tau = teacher, agreement_tau  # shards of several teachers: ``choose_teacher``
         paths = _resolve(root)
         if not paths:
             raise FileNotFoundError(f"{root}: no complete pseudo-label shards (looked for {INDEX_DIR}/shard-*.json)")
@@ -389,7 +460,7 @@ class ShardReader(Dataset):
         return out
 
     def __getitem__(self, i: int) -> Sample:
-        sample = decode_sample(self.members(i))
+        sample = choose_teacher(decode_sample(self.members(i)), self.teacher, agreement_tau=self.agreement_tau)
         if self.name != ShardReader.name:
             sample.dataset = self.name
         return sample

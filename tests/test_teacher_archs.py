@@ -1,0 +1,109 @@
+"""Every depth architecture of transformers as a labeling teacher: the stored label equals the model
+run through its own image processor and post-processing, resized back to the image bilinearly."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from distill.architectures import TINY, save_tiny
+from distill.config import load_config
+from distill.data.shards import ShardReader
+from distill.models import ARCHITECTURE_SPACES, ModelError, resolve_model
+from pseudolabel.config import PseudolabelConfig
+from pseudolabel.job import JobError, run
+
+SIZES = [(64, 96), (90, 120), (120, 90), (48, 48)]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arch_corpus")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(SIZES):
+        y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+        base = np.stack([x / w, y / h, 0.5 + 0.5 * np.sin((x + 2 * y) / 9 + i)], -1) * 220
+        image = np.clip(base + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(image).save(root / f"im{i}.{'png' if i % 2 else 'jpg'}", quality=95)
+    return root
+
+
+def reference(model_dir, model_type: str, path) -> np.ndarray:
+    """What the model says through transformers alone (as pipeline() runs it), bilinear to the image."""
+    from transformers import AutoImageProcessor, AutoModelForDepthEstimation
+
+    processor = AutoImageProcessor.from_pretrained(model_dir)
+    model = AutoModelForDepthEstimation.from_pretrained(model_dir).eval()
+    image = Image.open(path).convert("RGB")
+    inputs = processor(images=image, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(**inputs)
+    if model_type == "zoedepth":  # padding removal needs the source size (and resizes to it)
+        depth = processor.post_process_depth_estimation(outputs, source_sizes=[image.size[::-1]])[0]["predicted_depth"]
+    else:
+        depth = processor.post_process_depth_estimation(outputs, target_sizes=[inputs["pixel_values"].shape[-2:]])[0]["predicted_depth"]
+    return cv2.resize(depth.numpy().astype(np.float32), image.size, interpolation=cv2.INTER_LINEAR)
+
+
+@pytest.mark.parametrize("model_type", list(TINY))
+def test_labels_equal_the_model_through_its_own_processor(model_type, corpus, tmp_path):
+    model_dir = save_tiny(model_type, tmp_path / model_type)
+    out = tmp_path / "labels"
+    manifest = run(load_config(PseudolabelConfig, None, [f"teacher={model_dir}", f"input={corpus}", f"output={out}",
+                                                         "batch_size=2", "num_workers=0", "progress=false"]))
+    assert manifest["labeled"] == len(SIZES) and manifest["skipped"] == 0
+    space = resolve_model(model_dir).output_space
+    assert (manifest["space"], manifest["geometry"]) == (space.space, space.geometry)
+    if model_type in ARCHITECTURE_SPACES:
+        assert space == ARCHITECTURE_SPACES[model_type]
+    reader = ShardReader(out)
+    for i in range(len(reader)):
+        s = reader[i]
+        expected = reference(model_dir, model_type, s.meta["path"])
+        assert s.target.shape == expected.shape == s.image.shape[:2]
+        rel_l2 = np.linalg.norm(s.target - expected) / max(np.linalg.norm(expected), 1e-12)
+        assert rel_l2 <= 1e-3, (model_type, s.key, rel_l2)
+        assert s.meta["input_rule"]["rule"] == "processor"
+
+
+def test_a_teacher_that_needs_a_prompt_is_refused_in_one_line(tmp_path, corpus):
+    from transformers import DepthAnythingConfig, Dinov2Config, PromptDepthAnythingConfig, PromptDepthAnythingForDepthEstimation
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, out_indices=[1, 2, 3, 4],
+                            reshape_hidden_states=False)
+    config = PromptDepthAnythingConfig(backbone_config=backbone, reassemble_hidden_size=32, neck_hidden_sizes=[8, 16, 32, 32],
+                                       fusion_hidden_size=16, head_hidden_size=8)
+    PromptDepthAnythingForDepthEstimation(config).save_pretrained(tmp_path / "prompt")
+    with pytest.raises(ModelError, match="cannot serve here: it refines a low-resolution metric depth prompt"):
+        resolve_model(str(tmp_path / "prompt"))
+    cfg = load_config(PseudolabelConfig, None, [f"teacher={tmp_path / 'prompt'}", f"input={corpus}",
+                                                f"output={tmp_path / 'o'}", "num_workers=0", "progress=false"])
+    with pytest.raises(JobError) as err:
+        run(cfg)
+    assert "\n" not in str(err.value) and "prompt_depth_anything" in str(err.value)
+    assert DepthAnythingConfig  # imported alongside: the prompt model's base config
+
+
+def test_original_weight_files_label_with_a_preset(tmp_path, corpus):
+    """An original Depth Anything V2 state dict (.pth, their key names) as --teacher with
+    --teacher-preset; metric ones with --teacher-max-depth."""
+    from distill.models import build_model
+    from distill.spaces import METRIC_DEPTH
+    from test_models import original_state_dict
+
+    torch.manual_seed(0)
+    model = build_model("tiny", METRIC_DEPTH, max_depth=20)
+    path = tmp_path / "depth_anything_v2_metric_tiny.pth"
+    torch.save(original_state_dict(model), path)
+    out = tmp_path / "labels"
+    manifest = run(load_config(PseudolabelConfig, None, [f"teacher={path}", "teacher_preset=tiny", "teacher_max_depth=20",
+                                                         f"input={corpus}", f"output={out}", "num_workers=0", "progress=false"]))
+    assert (manifest["space"], manifest["geometry"]) == ("depth", "metric") and manifest["labeled"] == len(SIZES)
+    job = json.loads((out / "_job" / "job.json").read_text())
+    assert job["options"]["teacher_preset"] == "tiny"
+    s = ShardReader(out)[0]
+    assert (s.target > 0).all() and (s.target < 20).all()
