@@ -105,7 +105,6 @@ def measure_bare(model_dir: str, files: list[str], batch_size: int, streams: int
             x = torch.from_numpy(rule.prepare(rgb))
             buckets.setdefault((k, tuple(x.shape)), []).append(x)
     batches = [(k, torch.stack(xs[i:i + batch_size])) for (k, _), xs in buckets.items() for i in range(0, len(xs), batch_size)]
-    batches = [torch.stack(xs[i:i + batch_size]) for xs in buckets.values() for i in range(0, len(xs), batch_size)]
     if streams > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // streams))
     pending = list(batches)
