@@ -63,8 +63,11 @@ class ConfigError(ValueError):
     """The one-line user error of every command: a bad config file, key or value.
 
     Its message is one line meant for the user; ``parse_cli`` and ``run_main`` print it as
-    ``PROG: error: MESSAGE`` and exit 2. Stages subclass it for their own user errors.
+    ``PROG: error: MESSAGE`` and exit 2 (a subclass may set another ``exit_code``). Stages subclass
+    it for their own user errors.
     """
+
+    exit_code = 2
 
 
 def report_error(prog: str, message: str) -> None:
@@ -81,14 +84,15 @@ def fail(prog: str, message: str) -> typing.NoReturn:
 
 def run_main(prog: str, main, argv: list[str] | None = None) -> int:
     """``main(argv)`` as a command: a raised ``ConfigError`` (or subclass) is reported as one line
-    and returns 2; a ``SystemExit`` from ``parse_cli`` (bad option: 2, ``--help``: 0) returns its
-    code. So ``main`` behaves the same in-process and as ``sys.exit(run_main(...))``.
+    and returns its ``exit_code`` (2 unless the subclass says); a ``SystemExit`` from ``parse_cli``
+    (bad option: 2, ``--help``: 0) returns its code. So ``main`` behaves the same in-process and
+    as ``sys.exit(run_main(...))``.
     """
     try:
         result = main(argv)
     except ConfigError as err:
         report_error(prog, str(err))
-        return 2
+        return err.exit_code
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
     return 0 if result is None else result

@@ -17,5 +17,7 @@ Modules, in the order data flows through them:
 - ``shards``: tar shard writing with per-shard index files, ``decode_sample`` (the one function
   that turns a stored sample back into a ``Sample``) and ``ShardReader`` (random access for training).
 - ``writer``: the background thread that resizes predictions back, encodes and writes shards.
-- ``job``: the run: job file, resume and clean-up, the rank's loop, progress, manifest.
+- ``claims``: owner ids, claims on units, clean-up of abandoned temporary files: launches sharing an output.
+- ``job``: the run: job file, claims and resume, the process's loop, stop and failure, progress, manifest.
+- ``status``: ``pseudolabel.py status O``: units done / claimed / pending, rate and ETA.
 """

@@ -13,25 +13,64 @@ directory or hub id of any architecture, an original Depth Anything ``.pth`` wit
 --input-size 518``). I: a directory, a glob, a text file of paths, WebDataset .tar shards, or
 ``hf:NAME_OR_PATH``. Every option of ``pseudolabel.config.PseudolabelConfig`` is a flag of the same
 name and a ``key=value``; ``--workers`` is kept as an alias of ``--num-workers``. Run the same
-command again after an interruption: finished shards are kept, the rest is redone. See
+command again after an interruption: finished shards are kept, the rest is redone; several
+launches may work on one output at once (``pseudolabel.job``). SIGTERM / SIGINT stop the job
+cleanly: exit 143 / 130 with one line; a full disk: one line, exit 74. See
 ``pseudolabel/__init__.py`` for the design.
+
+    python distill/pseudolabel.py status O
+
+prints where the job writing to ``O`` stands (``pseudolabel.status``), also while it runs.
 """
 from __future__ import annotations
 
+import json
+import os
 import sys
 
-from distill.config import parse_cli, run_main
+from distill.config import ConfigError, fail, parse_cli, run_main
 from pseudolabel.config import PseudolabelConfig
 
 PROG = "pseudolabel.py"
 ALIASES = {"workers": "num_workers"}  # the flag's earlier name
 
 
-def _main(argv=None) -> int:
-    cfg = parse_cli(PseudolabelConfig, argv, prog=PROG, aliases=ALIASES)
-    from pseudolabel.job import run  # noqa: PLC0415 - torch is imported only past the checks
+STATUS_USAGE = f"usage: {PROG} status OUTPUT (the --output of a labeling job)"
 
-    manifest = run(cfg, log=lambda message: print(message, file=sys.stderr))
+
+def _status(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0].startswith("-"):
+        if argv and argv[0] in ("-h", "--help"):
+            print(STATUS_USAGE)
+            return 0
+        fail(PROG, STATUS_USAGE)
+    from pseudolabel.job import JOB_DIR  # noqa: PLC0415
+    from pseudolabel.status import format_status, job_status  # noqa: PLC0415
+
+    out = os.path.abspath(argv[0])
+    path = os.path.join(out, JOB_DIR, "job.json")
+    try:
+        with open(path) as f:
+            job = json.load(f)
+    except (OSError, ValueError):
+        raise ConfigError(f"{path}: not found or unreadable: {argv[0]} is not (yet) the output of a labeling job") from None
+    print(format_status(out, job_status(out, job)))
+    return 0
+
+
+def _main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "status":
+        return _status(argv[1:])
+    cfg = parse_cli(PseudolabelConfig, argv, prog=PROG, aliases=ALIASES)
+    from pseudolabel.job import Stopped, run  # noqa: PLC0415 - torch is imported only past the checks
+
+    try:
+        manifest = run(cfg, log=lambda message: print(message, file=sys.stderr))
+    except Stopped as stop:
+        print(f"{PROG}: stopped by {stop.name} after {stop.labeled} labeled; rerun the same command to resume",
+              file=sys.stderr)
+        return 128 + stop.signum
     if manifest is not None:
         print(f"{PROG}: done: {manifest['labeled']} labeled, {manifest['skipped']} skipped "
               f"in {len(manifest['shards'])} shards -> {cfg.output}", file=sys.stderr)
@@ -39,5 +78,6 @@ def _main(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    """Bad input (options, input, teacher, output directory): one line, exit 2."""
+    """Bad input (options, input, teacher, output directory): one line, exit 2; the output cannot be
+    written: one line, exit 74; stopped by SIGTERM / SIGINT: one line, exit 143 / 130."""
     return run_main(PROG, _main, argv)

@@ -25,7 +25,7 @@ class PseudolabelConfig:
     teacher_max_depth: int | None = None  # an original metric weight file's max_depth (20 indoor, 80 outdoor)
     input: str | None = None  # directory, glob, list file, .tar shard(s), or hf:NAME_OR_PATH
     output: str | None = None
-    input_type: Literal["auto", "files", "list", "tars", "hf"] = "auto"
+    input_type: Literal["auto", "files", "list", "tars", "hf", "urls"] = "auto"
     hf_split: str = "train"  # Hugging Face inputs: split, image column, optional key column
     image_column: str = "image"
     key_column: str | None = None
@@ -69,6 +69,10 @@ class PseudolabelConfig:
     dataset_name: str | None = None  # Sample.dataset of decoded samples; default: output dir name
     progress: bool = True
 
+    # launches sharing one output (pseudolabel.claims)
+    claim_units: int = 8  # units claimed at a time (each batch restarts the decoding workers)
+    claim_expiry_s: float = 600.0  # a claim not renewed for this long is taken over (renewed every min(30 s, 1/4 of it))
+
     def __post_init__(self):
         checks = [
             (self.input_size is None or self.input_size >= 14, "input_size must be >= 14"),
@@ -90,6 +94,8 @@ class PseudolabelConfig:
             (min(self.encode_threads, self.threads, self.streams, self.bucket_buffer) >= 0,
              "encode_threads, threads, streams and bucket_buffer must be >= 0"),
             (0 <= self.nice <= 19, "nice must be in [0, 19]"),
+            (self.claim_units >= 1, "claim_units must be >= 1"),
+            (self.claim_expiry_s >= 4, "claim_expiry_s must be >= 4"),
         ]
         for ok, message in checks:
             if not ok:
@@ -99,7 +105,7 @@ class PseudolabelConfig:
 # Options that may change between a run and its restart: how fast, not what is written.
 PERFORMANCE_OPTIONS = (
     "batch_size", "precision", "compile", "threads", "streams", "num_workers", "prefetch_factor", "bucket_buffer",
-    "encode_threads", "queue_size", "progress", "nice",
+    "encode_threads", "queue_size", "progress", "nice", "claim_units", "claim_expiry_s",
 )
 
 

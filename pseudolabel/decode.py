@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import os
 import struct
+import tarfile
 import warnings
 from dataclasses import dataclass
 
@@ -32,6 +33,7 @@ from PIL import Image
 
 from distill.data.formats import pil_to_rgb
 from distill.inference import InputRule
+from pseudolabel.inputs import is_image, wds_split
 
 # EXIF orientation -> the PIL transpose that makes the image upright (as ImageOps.exif_transpose).
 _TRANSPOSE = {
@@ -182,8 +184,9 @@ def decode_item(data, plan: DecodePlan) -> dict:
 
 
 class ByteSource:
-    """Reads an input's bytes from its listing entry: a file, a tar member by offset, or a row of
-    a Hugging Face dataset. Opens lazily (one per DataLoader worker, picklable)."""
+    """Reads an input's bytes from its listing entry: a file, a tar member by offset, a row of a
+    Hugging Face dataset, or a member met while streaming a URL (``expand``). Opens lazily (one
+    per DataLoader worker, picklable)."""
 
     def __init__(self, kind: str, hf: dict | None = None):
         self.kind, self.hf = kind, hf
@@ -198,9 +201,18 @@ class ByteSource:
             os.close(fd)
         self._tars.clear()
 
+    def expand(self, item: dict):
+        """The inputs of a listing entry: itself, or for a URL the samples of the tar it streams."""
+        if "url" in item:
+            yield from stream_tar(item["url"])
+        else:
+            yield item
+
     def read(self, item: dict):
         if "error" in item:
             raise DecodeFailure(item["error"])
+        if "data" in item:
+            return item["data"]
         if "file" in item:
             try:
                 with open(item["file"], "rb") as f:
@@ -250,3 +262,56 @@ class ByteSource:
             return Image.fromarray(np.asarray(value))
         except (TypeError, ValueError) as e:
             raise DecodeFailure(f"image cell is not an image ({type(e).__name__})") from None
+
+
+def open_url(url: str):
+    """A binary stream of a WebDataset URL: ``pipe:COMMAND`` through webdataset (which checks the
+    command's exit status on close), anything else through fsspec (s3://, gs://, https://, file)."""
+    if url.startswith("pipe:"):
+        import webdataset  # noqa: PLC0415
+
+        return webdataset.gopen(url, "rb")
+    import fsspec  # noqa: PLC0415 - a datasets dependency; s3fs / gcsfs / ... for their schemes
+
+    return fsspec.open(url, "rb").open()
+
+
+def stream_tar(url: str):
+    """The samples of a streamed WebDataset tar, in order, as items with their first image
+    member's bytes (``data``); a sample without an image, or the rest of a stream that breaks off,
+    becomes an error item. Members of one sample are consecutive (the WebDataset convention), so
+    one sample is held at a time."""
+    key = image = None
+    count = 0
+
+    def sample():
+        sid = f"{url}:{key}"
+        if image is None:
+            return {"id": sid, "path": sid, "error": "no image member in this WebDataset sample"}
+        return {"id": sid, "path": f"{url}:{image[0]}", "data": image[1]}
+
+    try:
+        stream = open_url(url)
+    except Exception as e:  # noqa: BLE001 - an unreachable URL is that unit's error, not a crash
+        yield {"id": f"{url}:", "path": url, "error": f"cannot open the URL ({type(e).__name__}: {e})"}
+        return
+    try:
+        with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name_key, field = wds_split(member.name)
+                if name_key is None:
+                    continue
+                if name_key != key:
+                    if key is not None:
+                        yield sample()
+                        count += 1
+                    key, image = name_key, None
+                if image is None and is_image("." + field.rsplit(".", 1)[-1]):
+                    image = (member.name, tar.extractfile(member).read())
+    except Exception as e:  # noqa: BLE001 - tarfile, the pipe's exit status, the network: the stream's error
+        yield {"id": f"{url}:", "path": url, "error": f"stream broke off after {count} samples ({type(e).__name__}: {e})"}
+        return
+    if key is not None:
+        yield sample()

@@ -12,16 +12,24 @@ Inputs (``--input``, kind detected unless ``input_type`` says):
 - WebDataset ``.tar`` shards (one file, a glob, or a directory of them): each sample key's first
   image member is an input; members are located once at discovery and read back by offset;
 - ``hf:NAME_OR_PATH`` (or a hub id): a Hugging Face dataset, split ``hf_split``, column
-  ``image_column`` (images as ``datasets.Image`` or bytes), keyed by ``key_column`` or row number.
+  ``image_column`` (images as ``datasets.Image`` or bytes), keyed by ``key_column`` or row number;
+- WebDataset URLs, streamed rather than indexed (corpora in object stores, labeled without a
+  copy): ``pipe:COMMAND`` (the command's standard output is a tar, e.g. ``pipe:aws s3 cp
+  s3://b/in-000.tar -``) or an fsspec URL (``s3://``, ``gs://``, ``https://``, ... through the
+  matching fsspec package), with ``{000..099}`` brace expansion, or with ``input_type: urls`` a
+  text file of such URLs, one per line. A stream cannot be read by offset, so each URL is one unit
+  (one output shard), whatever ``shard_size`` says, and its inputs are found while it is labeled.
 
 The first run writes the listing to ``O/_job/items.jsonl`` (one JSON line per input: ``id`` the
 stable source id, ``path`` for messages, and where to read it) with an offsets array, so a restart
 labels exactly the inputs of the first run even if the corpus changed, and workers read their
 slice of a listing of any length by offset without holding it in memory.
 
-Work split: the listing is cut into *units* of ``shard_size`` consecutive inputs; unit ``u``
-becomes output shard ``shard-{u:06d}.tar`` and belongs to process ``u % world_size``. Neither
-depends on the number of processes, so 1 and N processes write the same shards with the same keys.
+Work split: the listing is cut into *units* of ``shard_size`` consecutive inputs (one URL for
+streamed inputs); unit ``u``
+becomes output shard ``shard-{u:06d}.tar``, labeled by whichever process claims it
+(``pseudolabel.job``). Neither depends on the number of processes, so 1 and N processes write the
+same shards with the same keys.
 
 Keys: ``<sanitised file stem, at most 32 chars>_<first 20 hex digits of sha1(source id)>``: no
 dots, unique (80-bit hash of a unique id), and stable across runs.
@@ -43,6 +51,7 @@ COMPRESSED_TAR_EXTS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACES = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_URL = re.compile(r"^(pipe:|[A-Za-z][A-Za-z0-9+.-]*://)")
 
 
 class InputError(ValueError):
@@ -54,6 +63,11 @@ def make_key(source_id: str) -> str:
     stem = os.path.splitext(os.path.basename(source_id.rstrip("/").split(":")[-1]))[0]
     stem = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_")[:32] or "x"
     return f"{stem}_{hashlib.sha1(source_id.encode('utf-8')).hexdigest()[:20]}"
+
+
+def unit_inputs(job: dict) -> int:
+    """Listing items per unit: ``shard_size``, or 1 for streamed URL inputs (one tar, one unit)."""
+    return 1 if job["input_kind"] == "urls" else job["options"]["shard_size"]
 
 
 def unit_count(n_items: int, shard_size: int) -> int:
@@ -73,7 +87,7 @@ def shard_name(unit: int) -> str:
 
 
 # ------------------------------------------------------------------------------------- discovery
-def _is_image(name: str) -> bool:
+def is_image(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTS)
 
 
@@ -111,13 +125,19 @@ def _is_hf_saved(path: str) -> bool:
 
 
 def detect(cfg, exclude: str | None = None) -> tuple[str, dict]:
-    """(kind, spec) of ``cfg.input``; kind in files | list | tars | hf. Raises InputError."""
+    """(kind, spec) of ``cfg.input``; kind in files | list | tars | hf | urls. Raises InputError."""
     spec = cfg.input
     if not spec:
         raise InputError("no input given (--input)")
     kind = cfg.input_type
     if kind == "hf" or (kind == "auto" and spec.startswith("hf:")):
         return "hf", {"name": spec[3:] if spec.startswith("hf:") else spec}
+    if kind in ("auto", "urls") and _URL.match(spec):
+        return "urls", {"urls": _expand_urls(spec)}
+    if kind == "urls":
+        if not os.path.isfile(spec):
+            raise InputError(f"{spec}: neither a URL (pipe:..., s3://...) nor a text file of URLs")
+        return "urls", {"list": os.path.abspath(spec)}
     if spec.lower().endswith(COMPRESSED_TAR_EXTS):
         raise InputError(f"{spec}: compressed tar shards cannot be read by offset; decompress them to .tar first")
     if os.path.isdir(spec):
@@ -125,8 +145,8 @@ def detect(cfg, exclude: str | None = None) -> tuple[str, dict]:
         if kind in ("auto", "hf") and _is_hf_saved(root):
             return "hf", {"name": root}
         if kind in ("auto", "files", "tars"):
-            files = [f for f in _walk(root, exclude) if _is_image(f) or f.endswith(".tar")]
-            images = [f for f in files if _is_image(f)]
+            files = [f for f in _walk(root, exclude) if is_image(f) or f.endswith(".tar")]
+            images = [f for f in files if is_image(f)]
             tars = [f for f in files if f.endswith(".tar")]
             if kind == "tars" or (kind == "auto" and not images and tars):
                 if not tars:
@@ -140,7 +160,7 @@ def detect(cfg, exclude: str | None = None) -> tuple[str, dict]:
         path = os.path.abspath(spec)
         if kind == "tars" or (kind == "auto" and path.endswith(".tar")):
             return "tars", {"tars": [path], "root": os.path.dirname(path)}
-        if kind == "files" or (kind == "auto" and _is_image(path)):
+        if kind == "files" or (kind == "auto" and is_image(path)):
             return "files", {"files": [path], "root": os.path.dirname(path)}
         return "list", {"list": path}
     if _GLOB_CHARS.search(spec) or _BRACES.search(spec):
@@ -151,13 +171,33 @@ def detect(cfg, exclude: str | None = None) -> tuple[str, dict]:
         tars = [m for m in matches if m.endswith(".tar")]
         if kind == "tars" or (kind == "auto" and tars and len(tars) == len(matches)):
             return "tars", {"tars": tars, "root": root}
-        images = [m for m in matches if _is_image(m) or kind == "files"]
+        images = [m for m in matches if is_image(m) or kind == "files"]
         if not images:
             raise InputError(f"{spec}: the pattern matches no images")
         return "files", {"files": images, "root": root}
     if kind == "auto" and _HUB_ID.match(spec) and not os.path.exists(spec):
         return "hf", {"name": spec}
     raise InputError(f"{spec}: input not found")
+
+
+def _expand_urls(spec: str) -> list[str]:
+    import braceexpand  # noqa: PLC0415 - a webdataset dependency
+
+    return list(braceexpand.braceexpand(spec)) if _BRACES.search(spec) else [spec]
+
+
+def _url_items(spec):
+    """One item per URL (a whole tar, streamed when labeled: ``pseudolabel.decode.stream_tar``)."""
+    urls = spec.get("urls")
+    if urls is None:
+        try:
+            with open(spec["list"], encoding="utf-8") as f:
+                lines = [line.strip() for line in f.read().splitlines()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise InputError(f"{spec['list']}: cannot read the list of URLs ({type(e).__name__})") from None
+        urls = [u for line in lines if line and not line.startswith("#") for u in _expand_urls(line)]
+    for url in urls:
+        yield {"id": url, "path": url, "url": url}
 
 
 def _file_items(spec):
@@ -205,7 +245,7 @@ def _tar_items(spec):
                     if key not in images:
                         images[key] = None
                         order.append(key)
-                    if images[key] is None and _is_image("." + field.rsplit(".", 1)[-1]):
+                    if images[key] is None and is_image("." + field.rsplit(".", 1)[-1]):
                         images[key] = (m.name, m.offset_data, m.size)
         except (tarfile.TarError, OSError, EOFError) as e:
             error = f"unreadable tar after {len(order)} samples ({type(e).__name__}: {e})"
@@ -261,6 +301,8 @@ def discover(kind: str, spec: dict, cfg):
         return _list_items(spec)
     if kind == "tars":
         return _tar_items(spec)
+    if kind == "urls":
+        return _url_items(spec)
     return _hf_items(spec, cfg)
 
 

@@ -1,40 +1,62 @@
-"""The labeling run: job file, resume, the process's loop, progress, manifest.
+"""The labeling run: job file, claims and resume, the process's loop, stop and failure, manifest.
 
-Never lose, never duplicate:
+Never lose, never duplicate, whoever runs:
 
 1. The first run freezes the job in ``O/_job/``: the listing (``pseudolabel.inputs``) and
    ``job.json`` (the output-defining options, the teacher, the input kind), written last and
    atomically. A restart reuses them; one asking for different output-defining options is refused.
-2. Unit ``u`` (``shard_size`` consecutive inputs) is written by process ``u % world_size`` to
-   ``shard-{u:06d}.tar.tmp``; when all its inputs are accounted for (labeled or skipped) the tar is
-   ended, fsynced and renamed to ``shard-{u:06d}.tar``, then ``index/shard-{u:06d}.json`` is
-   written atomically (keys, member offsets, the unit's skipped inputs). The index is the record
-   that the unit is done.
-3. On start, each process looks at its units: a unit with a valid index (its tar present with the
-   recorded size) is skipped; otherwise its temporary files, an orphan tar (killed between rename
-   and index) or a stale index are removed and the unit is labeled again from scratch. A key can
-   only ever be in its unit's shard, so nothing is duplicated; a unit is redone until its index
-   exists, so nothing is lost, whenever the run is killed (SIGKILL included).
-4. Skipped inputs live in their unit's index, so a redone unit cannot repeat them; whichever
+2. Unit ``u`` (``shard_size`` consecutive inputs) is labeled by the process that claims it
+   (``pseudolabel.claims``: ``O/_claims/shard-{u:06d}.claim``, created atomically, renewed while
+   held, taken over once stale). Each process goes through the units in its own order (its
+   strided share of all processes of the launch, or of a SLURM job array, first: a single launch
+   splits as a rank split would) and claims ``claim_units`` free ones at a time; the pipeline
+   labels that batch, then the process claims the next, until no unit is free. Then, if some of
+   the remaining units' claims are no longer renewed (their holder is probably dead) it polls
+   until they turn stale and takes them over; if all are renewed it exits 0 naming the holders.
+   So any number of launches, overlapping or not, with any number of processes, share one output.
+3. A claimed unit is written to ``shard-{u:06d}.tar.tmp.<owner id>``; when all its inputs are
+   accounted for (labeled or skipped) and the claim still names this process, the tar is ended,
+   fsynced and renamed to ``shard-{u:06d}.tar``, then ``index/shard-{u:06d}.json`` is written
+   atomically (keys, member offsets, the unit's skipped inputs); then the claim is deleted. The
+   index is the record that the unit is done.
+4. On start, a process removes the abandoned temporary files (no owner id, a dead owner on this
+   host, or older than 6 h; a live owner's stay) and checks the indexes of its own share. The
+   claimer of a unit without a valid index removes that index and an orphan tar (killed between
+   rename and index) and labels the unit from scratch. A key can only ever be in its unit's shard,
+   so nothing is duplicated; a unit is redone until its index exists, so nothing is lost, whenever
+   a process is killed (SIGKILL included: its claims are taken over at once from this host, after
+   ``claim_expiry_s`` from another).
+5. SIGTERM / SIGINT: the process stops taking units, abandons the batch in flight (its temporary
+   files removed), releases its claims and raises ``Stopped`` (the command: one line, exit 143 /
+   130). An OSError on the output's files (disk full, quota) is ``WriteFailure``: one line naming
+   the file and the free space, exit 74; the unit being written has no index, so a rerun redoes it.
+6. Skipped inputs live in their unit's index, so a redone unit cannot repeat them; whichever
    process finds every unit done writes ``errors.jsonl`` (units in order) and ``manifest.json``,
    both atomically and deterministic, so a restart of a finished job rewrites them identically.
 
 The processes never talk to each other (no process group): they share only the file system, so a
-rank that finishes hours before another waits on nothing and can time out on nothing.
+process that finishes hours before another waits on nothing and can time out on nothing.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import json
 import os
 import re
+import shutil
+import signal
 import sys
+import threading
 import time
 
 from distill.config import ConfigError
-from distill.data.shards import INDEX_DIR, TMP_SUFFIX, index_path, read_index, write_atomic
+from distill.data.shards import INDEX_DIR, index_path, read_index, write_atomic
+from pseudolabel.claims import Claims, claim_state, clean_temporaries
 from pseudolabel.config import LEGACY_DEFAULTS, PseudolabelConfig, defining_options
-from pseudolabel.inputs import InputError, Listing, detect, discover, rank_units, shard_name, unit_count, write_listing
+from pseudolabel.inputs import (InputError, Listing, detect, discover, rank_units, shard_name, unit_count, unit_inputs,
+                                unit_range, write_listing)
 
 JOB_DIR = "_job"
 
@@ -130,14 +152,14 @@ def prepare_job(cfg: PseudolabelConfig, rank: int) -> dict:
         "hf": hf,
         "items": counts["items"],
         "duplicates_dropped": counts["duplicates"],
-        "units": unit_count(counts["items"], cfg.shard_size),
+        "units": unit_count(counts["items"], 1 if kind == "urls" else cfg.shard_size),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_atomic(path, json.dumps(job, indent=1).encode())
     return job
 
 
-# ------------------------------------------------------------------------------ resume / clean
+# ------------------------------------------------------------------------------ resume / claims
 def _remove(path: str) -> None:
     try:
         os.remove(path)
@@ -145,20 +167,53 @@ def _remove(path: str) -> None:
         pass
 
 
-def pending_units(out: str, units: list[int]) -> list[int]:
-    """The units still to do; clears their temporary files, orphan tars and stale indexes."""
-    todo = []
-    for unit in units:
+def launch_slot(rank: int, world: int) -> tuple[int, int]:
+    """This process's place among all processes of the launches started together: (slot, slots).
+    A SLURM job array multiplies the processes of one launch by its tasks."""
+    task, tasks = _env_int("SLURM_ARRAY_TASK_ID", 0), max(1, _env_int("SLURM_ARRAY_TASK_COUNT", 1))
+    task -= _env_int("SLURM_ARRAY_TASK_MIN", 0)
+    slots = tasks * world
+    return (task * world + rank) % slots, slots
+
+
+def unit_order(n_units: int, slot: int, slots: int) -> list[int]:
+    """The order in which a process tries to claim units: its strided share first (so the processes
+    of a launch do not collide at first, and a full launch splits the work as a rank split would),
+    then every other unit, starting from its own place."""
+    own = rank_units(n_units, slot, slots)
+    taken = set(own)
+    return own + sorted((u for u in range(n_units) if u not in taken), key=lambda u: (u - slot) % n_units)
+
+
+def suspect_units(out: str, units: list[int]) -> set[int]:
+    """Among ``units``, those whose index exists but is not valid (unreadable, or its tar missing or of
+    another size): redone like undone ones. Each process checks its own share, so all together parse
+    each index once."""
+    return {u for u in units if os.path.isfile(index_path(out, shard_name(u))) and read_index(out, shard_name(u)) is None}
+
+
+def claim_batch(out: str, order: list[int], claims: Claims, n: int, done: set[int], suspect: set[int]) -> list[int]:
+    """Claim up to ``n`` undone units, in ``order``; clear what an earlier attempt left of each."""
+    batch = []
+    for unit in order:
+        if len(batch) == n:
+            break
         name = shard_name(unit)
-        for tmp in glob.glob(os.path.join(out, name + ".tar" + TMP_SUFFIX + "*")) + \
-                glob.glob(index_path(out, name) + TMP_SUFFIX + "*"):
-            _remove(tmp)
-        if read_index(out, name) is not None:
+        if unit in done or unit not in suspect and os.path.isfile(index_path(out, name)):
+            done.add(unit)
             continue
-        _remove(os.path.join(out, name + ".tar"))
+        if not claims.acquire(unit):
+            continue
+        if read_index(out, name) is not None:  # committed (and released) by another process while we looked
+            claims.release(unit)
+            done.add(unit)
+            continue
+        suspect.discard(unit)
+        # the index first: a kill between the two leaves an orphan tar, never an index without its tar
         _remove(index_path(out, name))
-        todo.append(unit)
-    return todo
+        _remove(os.path.join(out, name + ".tar"))
+        batch.append(unit)
+    return batch
 
 
 def finalize(out: str, job: dict) -> dict | None:
@@ -181,7 +236,7 @@ def finalize(out: str, job: dict) -> dict | None:
         "version": 1,
         "labeled": sum(i["labeled"] for i in indexes),
         "skipped": sum(i["skipped"] for i in indexes),
-        "inputs": job["items"],
+        "inputs": sum(i["inputs"] for i in indexes),  # the listing's items, or what the streamed URLs held
         "duplicates_dropped": job["duplicates_dropped"],
         "teacher": first["teacher"],
         "teachers": first.get("teachers") or [{"name": "teacher", "teacher": first["teacher"], "space": first["space"],
@@ -232,98 +287,264 @@ def _load_teacher(cfg: PseudolabelConfig, reference: str):
         raise JobError(str(err)) from None
 
 
+class Stopped(BaseException):
+    """SIGTERM / SIGINT: the batch in flight was abandoned and this process's claims released.
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` on the way swallows it."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+        self.name = signal.Signals(signum).name
+        self.labeled = 0  # in the units this process committed before the signal
+
+
+class WriteFailure(JobError):
+    """The output cannot be written (disk full, quota, I/O error): one line, exit 74 (EX_IOERR)."""
+
+    exit_code = 74
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def write_failure(err: OSError, out: str) -> WriteFailure:
+    try:
+        usage = shutil.disk_usage(out)
+        space = f"{_bytes(usage.free)} free of {_bytes(usage.total)} on {out}"
+    except OSError:
+        space = f"free space of {out} unknown"
+    hint = "free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else "fix it"
+    return WriteFailure(f"cannot write {err.filename or out}: {err.strerror or err} ({space}); {hint} and rerun "
+                        "the same command: finished shards are kept")
+
+
+@contextlib.contextmanager
+def _writing(out: str):
+    """An OSError on a file of the output becomes one line naming the file and the free space."""
+    try:
+        yield
+    except OSError as err:
+        if not (isinstance(err.filename, str) and err.filename.startswith(out + os.sep)):
+            raise
+        raise write_failure(err, out) from None
+
+
+class _Signals:
+    """SIGTERM / SIGINT raise ``Stopped`` in the main thread, once; inside ``hold()`` (claiming,
+    releasing: a claim file must not be left half made) the stop waits for the block's end."""
+
+    def __init__(self):
+        self.signum = None
+        self.held = self.raised = False
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self.previous[signum] = signal.signal(signum, self._handle)
+
+    def _handle(self, signum, _frame):
+        self.signum = self.signum or signum
+        if not self.held:
+            self.check()
+
+    def check(self):
+        if self.signum is not None and not self.raised:
+            self.raised = True  # later signals only record: the clean-up after the first must run
+            raise Stopped(self.signum)
+
+    @contextlib.contextmanager
+    def hold(self):
+        self.held = True
+        try:
+            yield
+        finally:
+            self.held = False
+        self.check()
+
+    def restore(self):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class _Labeler:
+    """The teachers, loaded once per process, and the pipeline that labels a batch of claimed units."""
+
+    def __init__(self, cfg: PseudolabelConfig, job: dict, rank: int, world: int, local_rank: int):
+        import torch  # noqa: PLC0415 - after the cheap checks
+
+        from distill.inference import InputRule  # noqa: PLC0415
+        from pseudolabel.decode import ByteSource, DecodePlan  # noqa: PLC0415
+        from pseudolabel.tta import Predictor  # noqa: PLC0415
+
+        self.cfg, self.job = cfg, job
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+        device = torch.device("cpu") if use_cpu else torch.device("cuda", local_rank % torch.cuda.device_count())
+        self.streams = cfg.streams or (min(2, torch.get_num_threads()) if device.type == "cpu" else 1)
+        if cfg.threads or (device.type == "cpu" and self.streams > 1):
+            torch.set_num_threads(cfg.threads or max(1, torch.get_num_threads() // self.streams))
+        import cv2  # noqa: PLC0415
+
+        cv2.setNumThreads(1)
+        precision = cfg.precision
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+        references = cfg.teacher.split(",")
+        names = teacher_names(references)
+        predictors, teachers = [], []
+        for name, reference in zip(names, references):
+            resolved = _load_teacher(cfg, reference)
+            rule = InputRule(cfg.resize, resolved.preprocessing, resolved.processor if cfg.resize == "processor" else None,
+                             cfg.input_size or 518, cfg.max_aspect)
+            model = resolved.model.to(device).eval().requires_grad_(False)
+            if cfg.compile:
+                model = torch.compile(model)
+            predictors.append(Predictor(model, resolved.output_space, rule, cfg.tta, cfg.tta_scales, cfg.confidence_tau, autocast))
+            teachers.append({"name": name, "teacher": reference, "space": resolved.output_space.space,
+                             "geometry": resolved.output_space.geometry, "input_rule": rule.to_dict()})
+        space, rule = predictors[0].space, predictors[0].rule  # the first teacher's label is the sample's default
+        self.device, self.predictors, self.teachers = device, predictors, teachers
+        out = cfg.output
+        self.listing = Listing(os.path.join(out, JOB_DIR))
+        self.source = ByteSource(job["input_kind"], job["hf"])
+        self.plan = DecodePlan(tuple(p.rule for p in predictors), cfg.store_image, cfg.image_max_side, cfg.image_ext,
+                               cfg.jpeg_quality, cfg.draft, cfg.max_pixels)
+        self.header = {"teacher": references[0], "space": space.space, "geometry": space.geometry, "teachers": teachers}
+        self.sample_meta = {
+            "dataset": cfg.dataset_name or os.path.basename(out.rstrip(os.sep)),
+            "teacher": references[0],
+            "space": space.space,
+            "geometry": space.geometry,
+            "input_rule": rule.to_dict(),
+            "input_size": cfg.input_size,
+            "precision": precision,
+            "confidence": {"tta": cfg.tta, "views": predictors[0].views, "tau": cfg.confidence_tau if cfg.tta != "none" else 0.0},
+        }
+        self.encode_threads = cfg.encode_threads or (1 if device.type == "cpu" else 4)
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        self.bar = tqdm(total=None if job["input_kind"] == "urls" else 0, unit="img", desc=f"labeling (process {rank + 1}/{world})", dynamic_ncols=True,
+                        mininterval=1.0, disable=not (cfg.progress and rank == 0), file=sys.stderr)
+        self.stats = None
+        self.labeled = self.skipped = self.units = self.labeled_committed = 0
+        self.writer_cpu = 0.0
+
+    def label(self, units: list[int], claims: Claims) -> list[int]:
+        """Label ``units`` (claimed); returns those taken over by another process meanwhile (not committed)."""
+        from pseudolabel.runner import run_model  # noqa: PLC0415
+        from pseudolabel.stream import LabelStream, build_loader  # noqa: PLC0415
+        from pseudolabel.writer import Writer  # noqa: PLC0415
+
+        cfg, job = self.cfg, self.job
+        stream = LabelStream(self.listing, units, job["items"], unit_inputs(job), self.plan, self.source,
+                             cfg.batch_size, cfg.bucket_buffer)
+        loader = build_loader(stream, cfg.num_workers, cfg.prefetch_factor, pin_memory=self.device.type == "cuda", nice=cfg.nice)
+        writer = Writer(cfg.output, self.header, self.sample_meta, cfg.image_ext, cfg.png_compression, self.encode_threads,
+                        cfg.queue_size, cfg.nice, cfg.label_size, self.teachers if len(self.teachers) > 1 else None,
+                        owns=claims.owns)
+        if job["input_kind"] != "urls":  # a stream's inputs are unknown until read
+            self.bar.total += sum(b - a for a, b in (unit_range(u, job["items"], cfg.shard_size) for u in units))
+            self.bar.refresh()
+        skipped = self.skipped
+
+        def progress(packet):
+            nonlocal skipped
+            skipped += len(packet["errors"])
+            self.bar.update(len(packet["items"]) + len(packet["errors"]))
+            self.bar.set_postfix(skipped=skipped, refresh=False)
+
+        try:
+            stats = run_model(loader, self.predictors, self.device, writer, self.streams, progress)
+            t = time.perf_counter()
+            writer.close()
+            stats.writer += (time.perf_counter() - t) * stats.streams
+        except BaseException:
+            writer.abort()
+            raise
+        finally:
+            self.labeled_committed += writer.labeled_committed
+        self.stats = stats if self.stats is None else self.stats.add(stats)
+        self.labeled += writer.labeled
+        self.skipped += writer.skipped
+        self.units += writer.units_committed
+        self.writer_cpu += writer.cpu_s
+        return writer.units_lost
+
+
+POLL_S = 2.0
+
+
+def _holders(others: dict[int, dict]) -> str:
+    by_owner: dict[str, list[str]] = {}
+    for unit, claim in sorted(others.items()):
+        by_owner.setdefault(claim["owner"], []).append(shard_name(unit))
+    return "; ".join(f"{owner}: {', '.join(names)}" for owner, names in by_owner.items())
+
+
 def run(cfg: PseudolabelConfig, log=print) -> dict | None:
-    """Label this process's share of the job; returns the manifest if the job is now complete."""
+    """Label units of the job as long as some are free to claim; returns the manifest if the job is now complete."""
     cfg = normalise(cfg)
     rank, world, local_rank = process_info()
-    job = prepare_job(cfg, rank)
     out = cfg.output
-    todo = pending_units(out, rank_units(job["units"], rank, world))
-    if not todo:
-        return finalize(out, job)
-
-    import torch  # noqa: PLC0415 - after the cheap checks
-
-    from distill.inference import InputRule  # noqa: PLC0415
-    from pseudolabel.decode import ByteSource, DecodePlan  # noqa: PLC0415
-    from pseudolabel.runner import run_model  # noqa: PLC0415
-    from pseudolabel.stream import LabelStream, build_loader  # noqa: PLC0415
-    from pseudolabel.tta import Predictor  # noqa: PLC0415
-    from pseudolabel.writer import Writer  # noqa: PLC0415
-
-    use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-    device = torch.device("cpu") if use_cpu else torch.device("cuda", local_rank % torch.cuda.device_count())
-    streams = cfg.streams or (min(2, torch.get_num_threads()) if device.type == "cpu" else 1)
-    if cfg.threads or (device.type == "cpu" and streams > 1):
-        torch.set_num_threads(cfg.threads or max(1, torch.get_num_threads() // streams))
-    import cv2  # noqa: PLC0415
-
-    cv2.setNumThreads(1)
-    precision = cfg.precision
-    if precision == "auto":
-        precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-    references = cfg.teacher.split(",")
-    names = teacher_names(references)
-    predictors, teachers = [], []
-    for name, reference in zip(names, references):
-        resolved = _load_teacher(cfg, reference)
-        rule = InputRule(cfg.resize, resolved.preprocessing, resolved.processor if cfg.resize == "processor" else None,
-                         cfg.input_size or 518, cfg.max_aspect)
-        model = resolved.model.to(device).eval().requires_grad_(False)
-        if cfg.compile:
-            model = torch.compile(model)
-        predictors.append(Predictor(model, resolved.output_space, rule, cfg.tta, cfg.tta_scales, cfg.confidence_tau, autocast))
-        teachers.append({"name": name, "teacher": reference, "space": resolved.output_space.space,
-                         "geometry": resolved.output_space.geometry, "input_rule": rule.to_dict()})
-    space, rule = predictors[0].space, predictors[0].rule  # the first teacher's label is the sample's default
-
-    plan = DecodePlan(tuple(p.rule for p in predictors), cfg.store_image, cfg.image_max_side, cfg.image_ext, cfg.jpeg_quality, cfg.draft, cfg.max_pixels)
-    stream = LabelStream(Listing(os.path.join(out, JOB_DIR)), todo, job["items"], cfg.shard_size, plan,
-                         ByteSource(job["input_kind"], job["hf"]), cfg.batch_size, cfg.bucket_buffer)
-    loader = build_loader(stream, cfg.num_workers, cfg.prefetch_factor, pin_memory=device.type == "cuda", nice=cfg.nice)
-    header = {"teacher": references[0], "space": space.space, "geometry": space.geometry, "teachers": teachers}
-    sample_meta = {
-        "dataset": cfg.dataset_name or os.path.basename(out.rstrip(os.sep)),
-        "teacher": references[0],
-        "space": space.space,
-        "geometry": space.geometry,
-        "input_rule": rule.to_dict(),
-        "input_size": cfg.input_size,
-        "precision": precision,
-        "confidence": {"tta": cfg.tta, "views": predictors[0].views, "tau": cfg.confidence_tau if cfg.tta != "none" else 0.0},
-    }
-    threads = cfg.encode_threads or (1 if device.type == "cpu" else 4)
-    writer = Writer(out, header, sample_meta, cfg.image_ext, cfg.png_compression, threads, cfg.queue_size, cfg.nice,
-                    cfg.label_size, teachers if len(teachers) > 1 else None)
-
-    total = sum(min(job["items"], (u + 1) * cfg.shard_size) - u * cfg.shard_size for u in todo)
-    from tqdm.auto import tqdm  # noqa: PLC0415
-
-    bar = tqdm(total=total, unit="img", desc=f"labeling (process {rank + 1}/{world})", dynamic_ncols=True,
-               mininterval=1.0, disable=not (cfg.progress and rank == 0), file=sys.stderr)
-    skipped = 0
-
-    def progress(packet):
-        nonlocal skipped
-        skipped += len(packet["errors"])
-        bar.update(len(packet["items"]) + len(packet["errors"]))
-        bar.set_postfix(skipped=skipped, refresh=False)
-
-    started = time.perf_counter()
+    with _writing(out):
+        job = prepare_job(cfg, rank)
+    slot, slots = launch_slot(rank, world)
+    order = unit_order(job["units"], slot, slots)
+    signals = _Signals()
+    labeler = None
     try:
-        stats = run_model(loader, predictors, device, writer, streams, progress)
-        t = time.perf_counter()
-        writer.close()
-        stats.writer += (time.perf_counter() - t) * stats.streams
-    except BaseException:
-        writer.abort()
+        with _writing(out):
+            clean_temporaries(out)
+            suspect = suspect_units(out, rank_units(job["units"], slot, slots))
+            claims = Claims(out, cfg.claim_expiry_s)
+        done: set[int] = set()
+        started = time.perf_counter()
+        try:
+            with _writing(out):
+                while True:
+                    with signals.hold():
+                        batch = claim_batch(out, order, claims, cfg.claim_units, done, suspect)
+                    if batch:
+                        labeler = labeler or _Labeler(cfg, job, rank, world, local_rank)
+                        lost = labeler.label(batch, claims)
+                        if lost:
+                            log(f"process {rank + 1}/{world}: {', '.join(map(shard_name, lost))} taken over by another "
+                                "process (this one was stalled past claim_expiry_s): left to it")
+                        with signals.hold():
+                            for unit in batch:
+                                claims.release(unit)
+                        continue
+                    left = [u for u in order if u not in done and not os.path.isfile(index_path(out, shard_name(u)))]
+                    others = claims.others(left)
+                    if not left:
+                        break
+                    if len(others) < len(left):  # a unit was freed meanwhile: claim it
+                        continue
+                    if any(claim_state(c, cfg.claim_expiry_s) != "live" for c in others.values()):
+                        time.sleep(POLL_S)  # a holder stopped renewing: its claims turn stale, then this process takes them
+                        signals.check()
+                        continue
+                    log(f"process {rank + 1}/{world}: nothing left to claim; {len(others)} units are being labeled by "
+                        f"other processes ({_holders(others)}): whichever finishes last writes the manifest")
+                    break
+        finally:
+            if labeler is not None:
+                labeler.bar.close()
+            claims.close()
+        if labeler is not None and cfg.progress:
+            elapsed = max(time.perf_counter() - started, 1e-9)
+            log(f"process {rank + 1}/{world}: {labeler.labeled} labeled, {labeler.skipped} skipped, {labeler.units} "
+                f"shards in {elapsed:.1f} s; "
+                f"{labeler.stats.summary(elapsed, max(1, labeler.labeled + labeler.skipped), labeler.writer_cpu)}")
+        with signals.hold(), _writing(out):
+            clean_temporaries(out)
+            return finalize(out, job)
+    except Stopped as stop:
+        stop.labeled = labeler.labeled_committed if labeler is not None else 0
         raise
     finally:
-        bar.close()
-    elapsed = max(time.perf_counter() - started, 1e-9)
-    if cfg.progress:
-        log(f"process {rank + 1}/{world}: {writer.labeled} labeled, {writer.skipped} skipped, {writer.units_committed} "
-            f"shards in {elapsed:.1f} s; {stats.summary(elapsed, max(1, writer.labeled + writer.skipped), writer.cpu_s)}")
-    return finalize(out, job)
+        signals.restore()

@@ -25,6 +25,14 @@ class Stats:
         self.first = None
         self.lock = threading.Lock()
 
+    def add(self, other: "Stats") -> "Stats":
+        """Fold in the stats of the next batch of units (the first batch's start-up time is kept)."""
+        self.model += other.model
+        self.data += other.data
+        self.writer += other.writer
+        self.decode_cpu += other.decode_cpu
+        return self
+
     def summary(self, elapsed: float, n: int, writer_cpu: float) -> str:
         return (f"model busy {self.model / (elapsed * self.streams):.0%} ({self.streams} stream"
                 f"{'s' if self.streams > 1 else ''}), waiting for decoded images {self.data / elapsed:.0%} (first "

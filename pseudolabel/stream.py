@@ -12,7 +12,8 @@ unit's shard can be closed), and at the end.
 A worker yields *packets*: ``images`` (per teacher, the model inputs [B, 3, H, W]: float32 from
 the teacher's image processor, uint8 under the Depth Anything rule; or None), ``items`` (per image: key,
 unit, source, sizes, bytes to store, metadata), ``errors`` (inputs that failed, with reasons) and
-``ends`` ((unit, inputs in the chunk, chunks in the unit) once a chunk is fully read): the writer
+``ends`` ((unit, inputs in the chunk, chunks in the unit) once a chunk is fully read; a streamed
+URL is one chunk whose inputs are counted as they come): the writer
 commits a unit when all its chunks ended and all their inputs are accounted for. Nothing an input
 contains can raise out of a worker: every failure is an error record.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import time
 
 import numpy as np
@@ -39,6 +41,10 @@ def _worker_init(nice: int, _worker_id: int):
 
     cv2.setNumThreads(1)  # one core per worker; the model owns the rest
     lower_priority(nice)
+    # Ctrl-C and a scheduler's SIGTERM reach the whole process group: the main process stops the
+    # job (pseudolabel.job) and then its workers, which would otherwise die under it mid-batch
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def lower_priority(nice: int) -> None:
@@ -51,9 +57,9 @@ def lower_priority(nice: int) -> None:
 
 
 class LabelStream(IterableDataset):
-    def __init__(self, listing: Listing, units: list[int], n_items: int, shard_size: int, plan: DecodePlan,
+    def __init__(self, listing: Listing, units: list[int], n_items: int, unit_inputs: int, plan: DecodePlan,
                  source: ByteSource, batch_size: int, bucket_buffer: int = 0, chunk_size: int = 0):
-        self.listing, self.units, self.n_items, self.shard_size = listing, list(units), n_items, shard_size
+        self.listing, self.units, self.n_items, self.unit_inputs = listing, list(units), n_items, unit_inputs
         self.plan, self.source, self.batch_size = plan, source, batch_size
         self.bucket_buffer = bucket_buffer or 4 * batch_size
         self.chunk_size = chunk_size or max(16, 4 * batch_size)
@@ -83,7 +89,7 @@ class LabelStream(IterableDataset):
         dealt round-robin, lazily (a rank's share of a huge listing is never held in memory)."""
         k = 0
         for unit in self.units:
-            start, stop = unit_range(unit, self.n_items, self.shard_size)
+            start, stop = unit_range(unit, self.n_items, self.unit_inputs)
             n = -(-(stop - start) // self.chunk_size)
             for c in range(n):
                 if k % workers == wid:
@@ -110,7 +116,9 @@ class LabelStream(IterableDataset):
             # leftovers of earlier units leave now, so their shards can be committed
             for hw in [hw for hw, records in buckets.items() if any(r["unit"] != unit for r in records)]:
                 yield take(hw)
-            for item in self.listing.read(start, stop):
+            count = 0
+            for item in (x for entry in self.listing.read(start, stop) for x in self.source.expand(entry)):
+                count += 1
                 record, error = self._decode(item, unit)
                 if error is not None:
                     errors.append(error)
@@ -122,7 +130,7 @@ class LabelStream(IterableDataset):
                     yield take(hw)
                 elif held > self.bucket_buffer:
                     yield take(max(buckets, key=lambda k: len(buckets[k])))
-            ends.append((unit, stop - start, n_chunks))
+            ends.append((unit, count, n_chunks))
             if errors or ends:
                 yield self._packet([], errors, ends)
                 errors, ends = [], []
@@ -133,7 +141,7 @@ class LabelStream(IterableDataset):
 
 def build_loader(stream: LabelStream, num_workers: int, prefetch_factor: int, pin_memory: bool, nice: int = 0) -> DataLoader:
     chunks = sum(-(-(b - a) // stream.chunk_size) for a, b in
-                 (unit_range(u, stream.n_items, stream.shard_size) for u in stream.units[:num_workers]))
+                 (unit_range(u, stream.n_items, stream.unit_inputs) for u in stream.units[:num_workers]))
     workers = min(num_workers, max(1, chunks))  # a worker without chunks would only cost memory
     kwargs = {}
     if workers > 0:

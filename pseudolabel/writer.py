@@ -7,7 +7,10 @@ does it when reading), quantises it (``distill.data.codec``), encodes the
 PNGs (OpenCV releases the GIL; with ``encode_threads`` > 1 a pool encodes a batch in parallel)
 and appends the sample to its unit's shard. A unit is committed (``ShardWriter.commit``: tar
 renamed, then index written) as soon as every one of its inputs is accounted for, labeled or
-skipped. A failure in the thread (disk full, ...) is re-raised in the main loop.
+skipped, and only if this process still holds the unit's claim (``owns``; a unit taken over by
+another process is dropped, its temporary file removed). A failure in the thread is re-raised in
+the main loop: an ``OSError`` (disk full, ...) as itself, naming the file, anything else as a
+``RuntimeError``.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from pseudolabel.stream import lower_priority
 class Writer:
     def __init__(self, out_dir: str, header: dict, sample_meta: dict, image_ext: str, png_compression: int = 1,
                  encode_threads: int = 1, queue_size: int = 8, nice: int = 0, label_size: str = "inference",
-                 teachers: list[dict] | None = None):
+                 teachers: list[dict] | None = None, owns=None):
         self.out_dir, self.header, self.sample_meta, self.label_size = out_dir, header, sample_meta, label_size
         self.teachers = teachers  # several teachers: name, space, ... of each (the first one's label is depth.png)
         self.space = header["space"]
@@ -41,8 +44,11 @@ class Writer:
         self.shards: dict[int, ShardWriter] = {}
         self.expected: dict[int, tuple] = {}  # unit -> (chunks ended, their inputs, chunks in the unit)
         self.accounted: dict[int, int] = {}
+        self.owns = owns  # unit -> whether this process may commit it (its claim); None: always
         self.units_committed = 0
+        self.units_lost: list[int] = []
         self.labeled = self.skipped = 0
+        self.labeled_committed = 0  # in committed units: what survives an abort
         self.cpu_s = 0.0  # CPU time of the writer thread (diagnostics; the encode pool's not included)
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="shard-writer", daemon=True)
@@ -92,6 +98,8 @@ class Writer:
             shard.abort()
 
     def _raise(self):
+        if isinstance(self.error, OSError):
+            raise self.error
         if self.error is not None and not isinstance(self.error, KeyboardInterrupt):
             raise RuntimeError(f"the shard writer failed: {type(self.error).__name__}: {self.error}") from self.error
 
@@ -206,6 +214,13 @@ class Writer:
             if seen == chunks and self.accounted.get(unit, 0) >= expected:
                 if self.accounted[unit] != expected:
                     raise RuntimeError(f"unit {unit}: {self.accounted[unit]} inputs accounted for, {expected} expected")
-                self.shards.pop(unit).commit(expected)
                 del self.expected[unit], self.accounted[unit]
+                if self.owns is not None and not self.owns(unit):
+                    self.shards.pop(unit).abort()
+                    self.units_lost.append(unit)
+                    continue
+                shard = self.shards[unit]
+                shard.commit(expected)  # left in self.shards until done: a failed commit's temporary file is aborted
+                del self.shards[unit]
                 self.units_committed += 1
+                self.labeled_committed += len(shard.samples)

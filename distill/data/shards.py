@@ -25,8 +25,12 @@ import glob
 import io
 import json
 import os
+import re
+import secrets
+import socket
 import tarfile
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -36,7 +40,7 @@ from distill.data.sample import Sample, SampleError, TeacherLabel
 from distill.data.codec import decode_png, dequantise, dequantise_confidence
 
 INDEX_DIR = "index"
-TMP_SUFFIX = ".tmp"
+TMP_SUFFIX = ".tmp"  # a temporary file is PATH.tmp.<owner id> (owner_id)
 MTIME = 1_700_000_000  # fixed member mtime: identical inputs give identical tars
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
 LABEL_FIELDS = ("depth.png", "conf.png", "json")
@@ -55,14 +59,56 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+_owner: tuple[int, str] | None = None
+
+
+def owner_id() -> str:
+    """``<host>-<pid>-<random>``, one per process (a forked child gets its own): it names the
+    process's temporary files and claims, so another process can tell whose they are and whether
+    that owner can still be alive (``pseudolabel.claims``)."""
+    global _owner
+    if _owner is None or _owner[0] != os.getpid():
+        host = re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname()) or "host"
+        _owner = (os.getpid(), f"{host}-{os.getpid()}-{secrets.token_hex(4)}")
+    return _owner[1]
+
+
+def temp_path(path: str) -> str:
+    """This process's temporary file for ``path``."""
+    return f"{path}{TMP_SUFFIX}.{owner_id()}"
+
+
+def remove_quietly(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+@contextmanager
+def naming(path: str):
+    """A failed write or fsync (ENOSPC, EIO) does not say which file: name it."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is None:
+            err.filename = path
+        raise
+
+
 def write_atomic(path: str, data: bytes) -> None:
-    """Write ``path`` through a temporary file, fsync, rename: it exists complete or not at all."""
-    tmp = f"{path}{TMP_SUFFIX}.{os.getpid()}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write ``path`` through a temporary file, fsync, rename: it exists complete or not at all
+    (a failed write, a full disk say, leaves neither the file nor its temporary)."""
+    tmp = temp_path(path)
+    try:
+        with naming(tmp), open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        remove_quietly(tmp)
+        raise
 
 
 def index_path(out_dir: str, name: str) -> str:
@@ -70,12 +116,13 @@ def index_path(out_dir: str, name: str) -> str:
 
 
 class ShardWriter:
-    """One unit's shard: members go to ``<name>.tar.tmp``; ``commit`` ends the archive, fsyncs and
-    renames it to ``<name>.tar`` (no tar at all when nothing was labeled), then writes the index."""
+    """One unit's shard: members go to ``<name>.tar.tmp.<owner id>``; ``commit`` ends the archive, fsyncs
+    and renames it to ``<name>.tar`` (no tar at all when nothing was labeled), then writes the index."""
 
     def __init__(self, out_dir: str, name: str, unit: int, header: dict):
         self.out_dir, self.name, self.unit, self.header = out_dir, name, unit, header
         self.path = os.path.join(out_dir, name + ".tar")
+        self.tmp = temp_path(self.path)
         self._file = None
         self._pos = 0
         self.samples: list[list] = []
@@ -84,7 +131,7 @@ class ShardWriter:
 
     def _open(self):
         if self._file is None:
-            self._file = open(self.path + TMP_SUFFIX, "wb")  # noqa: SIM115
+            self._file = open(self.tmp, "wb")  # noqa: SIM115
             self._pos = 0
         return self._file
 
@@ -95,10 +142,11 @@ class ShardWriter:
         header = info.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
         offset = self._pos + len(header)
         pad = (-len(data)) % tarfile.BLOCKSIZE
-        f.write(header)
-        f.write(data)
-        if pad:
-            f.write(b"\0" * pad)
+        with naming(self.tmp):
+            f.write(header)
+            f.write(data)
+            if pad:
+                f.write(b"\0" * pad)
         self._pos = offset + len(data) + pad
         return [offset, len(data)]
 
@@ -117,16 +165,17 @@ class ShardWriter:
         size = 0
         if self.samples:
             f = self._open()
-            f.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
-            f.flush()
-            os.fsync(f.fileno())
-            size = f.tell()
-            f.close()
-            os.replace(self.path + TMP_SUFFIX, self.path)
+            with naming(self.tmp):
+                f.write(b"\0" * (2 * tarfile.BLOCKSIZE))  # end-of-archive marker
+                f.flush()
+                os.fsync(f.fileno())
+                size = f.tell()
+                f.close()
+            os.replace(self.tmp, self.path)
             fsync_dir(self.out_dir)
         elif self._file is not None:
             self._file.close()
-            os.remove(self.path + TMP_SUFFIX)
+            os.remove(self.tmp)
         index = {
             "version": 1,
             **self.header,
@@ -137,6 +186,7 @@ class ShardWriter:
             "labeled": len(self.samples),
             "skipped": len(self.errors),
             "fields": self.fields or [],
+            "written_by": owner_id(),  # the process that committed the unit (audits, tests)
             "samples": self.samples,
             "errors": self.errors,
         }
@@ -145,10 +195,12 @@ class ShardWriter:
 
     def abort(self) -> None:
         if self._file is not None:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:  # its buffer cannot be flushed (disk full): the file goes anyway
+                pass
             self._file = None
-        if os.path.exists(self.path + TMP_SUFFIX):
-            os.remove(self.path + TMP_SUFFIX)
+        remove_quietly(self.tmp)
 
 
 def read_index(out_dir: str, name: str) -> dict | None:
