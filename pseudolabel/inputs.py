@@ -36,12 +36,15 @@ dots, unique (80-bit hash of a unique id), and stable across runs.
 """
 from __future__ import annotations
 
+import array
 import glob
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
+import struct
 import tarfile
 
 import numpy as np
@@ -145,16 +148,17 @@ def detect(cfg, exclude: str | None = None) -> tuple[str, dict]:
         if kind in ("auto", "hf") and _is_hf_saved(root):
             return "hf", {"name": root}
         if kind in ("auto", "files", "tars"):
-            files = [f for f in _walk(root, exclude) if is_image(f) or f.endswith(".tar")]
-            images = [f for f in files if is_image(f)]
-            tars = [f for f in files if f.endswith(".tar")]
-            if kind == "tars" or (kind == "auto" and not images and tars):
-                if not tars:
-                    raise InputError(f"{spec}: no .tar shards found")
-                return "tars", {"tars": tars, "root": root}
-            if not images:
+            # the folder is walked again lazily by discover: no list of a million paths held here
+            has_images = kind != "tars" and any(is_image(f) for f in _walk(root, exclude))
+            if kind == "tars" or (kind == "auto" and not has_images):
+                tars = [f for f in _walk(root, exclude) if f.endswith(".tar")]
+                if tars or kind == "tars":
+                    if not tars:
+                        raise InputError(f"{spec}: no .tar shards found")
+                    return "tars", {"tars": tars, "root": root}
+            if not has_images:
                 raise InputError(f"{spec}: no images found (extensions: {' '.join(IMAGE_EXTS)})")
-            return "files", {"files": images, "root": root}
+            return "files", {"walk": exclude, "root": root}
         raise InputError(f"{spec}: is a directory, not a {kind} input")
     if os.path.isfile(spec) and not _GLOB_CHARS.search(os.path.basename(spec)):
         path = os.path.abspath(spec)
@@ -202,7 +206,8 @@ def _url_items(spec):
 
 def _file_items(spec):
     root = spec["root"]
-    for path in spec["files"]:
+    files = (f for f in _walk(root, spec["walk"]) if is_image(f)) if "walk" in spec else spec["files"]
+    for path in files:
         yield {"id": os.path.relpath(path, root).replace(os.sep, "/"), "path": path, "file": path}
 
 
@@ -307,29 +312,94 @@ def discover(kind: str, spec: dict, cfg):
 
 
 # --------------------------------------------------------------------------------------- listing
-def write_listing(items, job_dir: str) -> dict:
+def write_listing(items, job_dir: str, unique: bool = False) -> dict:
     """Stream ``items`` into ``items.jsonl`` + ``items.offsets.npy`` (atomically); ids seen twice
-    are dropped (counted). Returns {"items": N, "duplicates": D}."""
+    are dropped (counted), unless the caller knows them ``unique`` (a folder walk). Returns
+    {"items": N, "duplicates": D}.
+
+    Memory stays flat in N: offsets go to a file as they come; the duplicate check keeps 8 bytes
+    per input (a 64-bit hash, ids compared where hashes meet) and rewrites the listing only when
+    there are duplicates."""
     os.makedirs(job_dir, exist_ok=True)
     path = os.path.join(job_dir, "items.jsonl")
-    offsets, seen, duplicates = [0], set(), 0
-    with open(path + ".tmp", "wb") as f:
-        buf = io.BufferedWriter(f, 1 << 20)
+    raw_offsets = os.path.join(job_dir, "items.offsets.tmp")
+    hashes = array.array("Q")
+    with open(path + ".tmp", "wb") as f, open(raw_offsets, "wb") as o:
+        buf, obuf = io.BufferedWriter(f, 1 << 20), io.BufferedWriter(o, 1 << 16)
+        end = 0
+        obuf.write(struct.pack("<Q", 0))
         for item in items:
-            digest = hashlib.blake2b(item["id"].encode("utf-8"), digest_size=10).digest()
-            if digest in seen:
-                duplicates += 1
-                continue
-            seen.add(digest)
+            if not unique:
+                hashes.append(int.from_bytes(hashlib.blake2b(item["id"].encode("utf-8"), digest_size=8).digest(), "little"))
             line = (json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
             buf.write(line)
-            offsets.append(offsets[-1] + len(line))
+            end += len(line)
+            obuf.write(struct.pack("<Q", end))
         buf.flush()
+        obuf.flush()
+    n = os.path.getsize(raw_offsets) // 8 - 1
+    drop = _repeated(hashes, path + ".tmp", raw_offsets) if len(hashes) else set()
+    del hashes
+    if drop:  # rare: written again without them
+        _drop_lines(path + ".tmp", raw_offsets, drop)
+        n -= len(drop)
+    _raw_to_npy(raw_offsets, os.path.join(job_dir, "items.offsets.tmp.npy"), n + 1)
+    os.remove(raw_offsets)
+    with open(path + ".tmp", "rb+") as f:
         os.fsync(f.fileno())
-    np.save(os.path.join(job_dir, "items.offsets.tmp.npy"), np.asarray(offsets, dtype=np.uint64))
     os.replace(os.path.join(job_dir, "items.offsets.tmp.npy"), os.path.join(job_dir, "items.offsets.npy"))
     os.replace(path + ".tmp", path)
-    return {"items": len(offsets) - 1, "duplicates": duplicates}
+    return {"items": n, "duplicates": len(drop)}
+
+
+def _line(jsonl: str, offsets: np.ndarray, i: int) -> dict:
+    with open(jsonl, "rb") as f:
+        f.seek(int(offsets[i]))
+        return json.loads(f.read(int(offsets[i + 1] - offsets[i])))
+
+
+def _repeated(hashes: array.array, jsonl: str, raw_offsets: str) -> set[int]:
+    """Line numbers whose id an earlier line has."""
+    h = np.frombuffer(hashes, dtype=np.uint64)
+    order = np.argsort(h, kind="stable")  # equal hashes keep their listing order
+    same = np.flatnonzero(h[order][1:] == h[order][:-1]) + 1
+    if not len(same):
+        return set()
+    offsets = np.fromfile(raw_offsets, dtype="<u8")
+    drop = set()
+    for k in same:  # a run of equal hashes: drop each line whose id an earlier line of the run has
+        line = int(order[k])
+        j = k - 1
+        while j >= 0 and h[order[j]] == h[order[k]]:
+            if int(order[j]) not in drop and _line(jsonl, offsets, int(order[j]))["id"] == _line(jsonl, offsets, line)["id"]:
+                drop.add(line)
+                break
+            j -= 1
+    return drop
+
+
+def _drop_lines(jsonl: str, raw_offsets: str, drop: set[int]) -> None:
+    offsets = np.fromfile(raw_offsets, dtype="<u8")
+    end = 0
+    with open(jsonl, "rb") as src, open(jsonl + ".dedup", "wb") as dst, open(raw_offsets + ".dedup", "wb") as o:
+        o.write(struct.pack("<Q", 0))
+        for i in range(len(offsets) - 1):
+            line = src.read(int(offsets[i + 1] - offsets[i]))
+            if i not in drop:
+                dst.write(line)
+                end += len(line)
+                o.write(struct.pack("<Q", end))
+    os.replace(jsonl + ".dedup", jsonl)
+    os.replace(raw_offsets + ".dedup", raw_offsets)
+
+
+def _raw_to_npy(raw: str, npy: str, count: int) -> None:
+    """A file of little-endian uint64 -> the same as a .npy file, copied in blocks."""
+    with open(raw, "rb") as src, open(npy, "wb") as dst:
+        np.lib.format.write_array_header_1_0(dst, {"descr": "<u8", "fortran_order": False, "shape": (count,)})
+        shutil.copyfileobj(src, dst, 1 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
 
 
 class Listing:

@@ -137,7 +137,7 @@ def prepare_job(cfg: PseudolabelConfig, rank: int) -> dict:
     os.makedirs(os.path.join(out, INDEX_DIR), exist_ok=True)
     try:
         kind, spec = detect(cfg, exclude=out)
-        counts = write_listing(discover(kind, spec, cfg), job_dir)
+        counts = write_listing(discover(kind, spec, cfg), job_dir, unique="walk" in spec)
     except InputError as e:
         raise JobError(str(e)) from None
     if counts["items"] == 0:
@@ -334,35 +334,26 @@ def _writing(out: str):
 
 
 class _Signals:
-    """SIGTERM / SIGINT raise ``Stopped`` in the main thread, once; inside ``hold()`` (claiming,
-    releasing: a claim file must not be left half made) the stop waits for the block's end."""
+    """SIGTERM / SIGINT ask the process to stop: the handler only records the signal, and the job
+    raises ``Stopped`` at its next check (before each batch of the model, each claim, each poll).
+    Raising from the handler itself could land anywhere, a ``__del__`` included, where Python
+    drops the exception with a warning and the job labels on (seen once in five tries)."""
 
     def __init__(self):
         self.signum = None
-        self.held = self.raised = False
+        self.raised = False
         self.previous = {}
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGTERM, signal.SIGINT):
                 self.previous[signum] = signal.signal(signum, self._handle)
 
     def _handle(self, signum, _frame):
-        self.signum = self.signum or signum
-        if not self.held:
-            self.check()
+        self.signum = self.signum or signum  # later signals only record: the clean-up after the first must run
 
     def check(self):
         if self.signum is not None and not self.raised:
-            self.raised = True  # later signals only record: the clean-up after the first must run
+            self.raised = True
             raise Stopped(self.signum)
-
-    @contextlib.contextmanager
-    def hold(self):
-        self.held = True
-        try:
-            yield
-        finally:
-            self.held = False
-        self.check()
 
     def restore(self):
         for signum, handler in self.previous.items():
@@ -433,8 +424,9 @@ class _Labeler:
         self.labeled = self.skipped = self.units = self.labeled_committed = 0
         self.writer_cpu = 0.0
 
-    def label(self, units: list[int], claims: Claims) -> list[int]:
-        """Label ``units`` (claimed); returns those taken over by another process meanwhile (not committed)."""
+    def label(self, units: list[int], claims: Claims, check_stop) -> list[int]:
+        """Label ``units`` (claimed); returns those taken over by another process meanwhile (not committed).
+        ``check_stop()`` raises ``Stopped`` before a batch once a signal came."""
         from pseudolabel.runner import run_model  # noqa: PLC0415
         from pseudolabel.stream import LabelStream, build_loader  # noqa: PLC0415
         from pseudolabel.writer import Writer  # noqa: PLC0415
@@ -458,7 +450,7 @@ class _Labeler:
             self.bar.set_postfix(skipped=skipped, refresh=False)
 
         try:
-            stats = run_model(loader, self.predictors, self.device, writer, self.streams, progress)
+            stats = run_model(loader, self.predictors, self.device, writer, self.streams, progress, check_stop)
             t = time.perf_counter()
             writer.close()
             stats.writer += (time.perf_counter() - t) * stats.streams
@@ -506,17 +498,16 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
         try:
             with _writing(out):
                 while True:
-                    with signals.hold():
-                        batch = claim_batch(out, order, claims, cfg.claim_units, done, suspect)
+                    signals.check()
+                    batch = claim_batch(out, order, claims, cfg.claim_units, done, suspect)
                     if batch:
                         labeler = labeler or _Labeler(cfg, job, rank, world, local_rank)
-                        lost = labeler.label(batch, claims)
+                        lost = labeler.label(batch, claims, signals.check)
                         if lost:
                             log(f"process {rank + 1}/{world}: {', '.join(map(shard_name, lost))} taken over by another "
                                 "process (this one was stalled past claim_expiry_s): left to it")
-                        with signals.hold():
-                            for unit in batch:
-                                claims.release(unit)
+                        for unit in batch:
+                            claims.release(unit)
                         continue
                     left = [u for u in order if u not in done and not os.path.isfile(index_path(out, shard_name(u)))]
                     others = claims.others(left)
@@ -540,7 +531,7 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
             log(f"process {rank + 1}/{world}: {labeler.labeled} labeled, {labeler.skipped} skipped, {labeler.units} "
                 f"shards in {elapsed:.1f} s; "
                 f"{labeler.stats.summary(elapsed, max(1, labeler.labeled + labeler.skipped), labeler.writer_cpu)}")
-        with signals.hold(), _writing(out):
+        with _writing(out):
             clean_temporaries(out)
             return finalize(out, job)
     except Stopped as stop:

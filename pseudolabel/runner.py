@@ -40,9 +40,10 @@ class Stats:
                 f"CPU per input: decoding {1e3 * self.decode_cpu / n:.0f} ms (workers), writing {1e3 * writer_cpu / n:.0f} ms")
 
 
-def _packets(loader, stats: Stats):
+def _packets(loader, stats: Stats, check_stop):
     iterator = iter(loader)
     while True:
+        check_stop()
         t = time.perf_counter()
         packet = next(iterator, None)
         stats.data += time.perf_counter() - t
@@ -62,14 +63,15 @@ def predict(predictors, packet: dict, device) -> list:
     return [list(pairs) for pairs in zip(*per_teacher)]
 
 
-def run_model(loader, predictor, device: torch.device, writer, streams: int, progress) -> Stats:
-    """Label every packet of ``loader``; ``progress(packet)`` after each is handed to the writer."""
+def run_model(loader, predictor, device: torch.device, writer, streams: int, progress, check_stop=lambda: None) -> Stats:
+    """Label every packet of ``loader``; ``progress(packet)`` after each is handed to the writer;
+    ``check_stop()`` before each packet (it raises to stop: a signal came)."""
     if streams > 1 and device.type == "cpu":
-        return _run_threads(loader, predictor, writer, streams, progress)
-    return _run_inline(loader, predictor, device, writer, progress)
+        return _run_threads(loader, predictor, writer, streams, progress, check_stop)
+    return _run_inline(loader, predictor, device, writer, progress, check_stop)
 
 
-def _run_inline(loader, predictor, device, writer, progress) -> Stats:
+def _run_inline(loader, predictor, device, writer, progress, check_stop) -> Stats:
     stats = Stats(1)
     in_flight = None
 
@@ -84,7 +86,7 @@ def _run_inline(loader, predictor, device, writer, progress) -> Stats:
         stats.writer += time.perf_counter() - t
         progress(packet)
 
-    for packet in _packets(loader, stats):
+    for packet in _packets(loader, stats, check_stop):
         labels = event = None
         if packet["images"] is not None:
             t = time.perf_counter()
@@ -102,7 +104,7 @@ def _run_inline(loader, predictor, device, writer, progress) -> Stats:
     return stats
 
 
-def _run_threads(loader, predictor, writer, streams: int, progress) -> Stats:
+def _run_threads(loader, predictor, writer, streams: int, progress, check_stop) -> Stats:
     stats = Stats(streams)
     work: queue.Queue = queue.Queue(maxsize=streams)
     failures: list[BaseException] = []
@@ -132,7 +134,7 @@ def _run_threads(loader, predictor, writer, streams: int, progress) -> Stats:
     for thread in threads:
         thread.start()
     try:
-        for packet in _packets(loader, stats):
+        for packet in _packets(loader, stats, check_stop):
             while True:
                 if failures:
                     raise failures[0]
