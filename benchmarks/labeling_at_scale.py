@@ -123,9 +123,10 @@ def terminate(proc, timeout: float = 120) -> str:
     try:
         return proc.communicate(timeout=timeout)[1]
     except subprocess.TimeoutExpired:
-        dump = subprocess.run(["py-spy", "dump", "--pid", str(proc.pid)], capture_output=True, text=True).stdout
+        dump = "(install py-spy to see where it hung)"
+        if shutil.which("py-spy"):
+            dump = subprocess.run(["py-spy", "dump", "--pid", str(proc.pid)], capture_output=True, text=True).stdout
         proc.kill()
-        open("/tmp/sigterm_dump.txt", "w").write(dump)
         raise RuntimeError(f"the job did not stop within {timeout} s of SIGTERM:\n{dump[-6000:]}") from None
 
 

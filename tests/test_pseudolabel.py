@@ -138,6 +138,25 @@ def test_quantisation_round_trip_precision():
         quantise(np.array([[1.0, np.nan]], np.float32), "depth")
 
 
+def test_listing_drops_repeated_ids_even_when_their_hashes_collide(tmp_path, monkeypatch):
+    import hashlib
+    import types
+
+    import pseudolabel.inputs as inputs
+
+    ids = ["a", "b", "a", "c", "b", "a", "d"]
+    want = ["a", "b", "c", "d"]
+    counts = inputs.write_listing(({"id": i} for i in ids), str(tmp_path / "real"))
+    listing = inputs.Listing(str(tmp_path / "real"))
+    assert counts == {"items": 4, "duplicates": 3} and [x["id"] for x in listing.read(0, 4)] == want
+    # every id hashes alike: only the ids themselves can tell repeats from collisions
+    monkeypatch.setattr(inputs, "hashlib", types.SimpleNamespace(blake2b=lambda *a, **k: hashlib.blake2b(b"same", digest_size=8)))
+    counts = inputs.write_listing(({"id": i} for i in ids), str(tmp_path / "collide"))
+    listing = inputs.Listing(str(tmp_path / "collide"))
+    assert counts == {"items": 4, "duplicates": 3} and [x["id"] for x in listing.read(0, 4)] == want
+    assert sorted(os.listdir(tmp_path / "collide")) == ["items.jsonl", "items.offsets.npy"]
+
+
 def test_labeling_inputs_follow_the_one_preprocessing_rule_and_cap_extreme_aspects():
     from distill.preprocessing import inference_size, resize_for_inference
 
