@@ -32,6 +32,7 @@ from pseudolabel.inputs import shard_name
 
 CLAIMS_DIR = "_claims"
 CLAIM_SUFFIX = ".claim"
+LISTING = "listing"  # the claim of the one process that lists the inputs of a new job
 TEMP_EXPIRY_S = 6 * 3600  # a temporary file of another host's process this old is abandoned
 RENEW_MAX_S = 30.0
 _OWNER = re.compile(r"^(?P<host>.+)-(?P<pid>\d+)-[0-9a-f]+$")
@@ -118,22 +119,23 @@ def claim_state(claim: dict, default_expiry_s: float, now: float | None = None) 
 
 
 class Claims:
-    """This process's claims on the units of ``out``, renewed by a thread while held."""
+    """This process's claims on the units of ``out`` (or on another piece of work named by a string:
+    ``LISTING``), renewed by a thread while held."""
 
     def __init__(self, out: str, expiry_s: float):
         self.dir = os.path.join(out, CLAIMS_DIR)
         os.makedirs(self.dir, exist_ok=True)
         self.owner, self.expiry_s = owner_id(), expiry_s
-        self.held: set[int] = set()
+        self.held: set[int | str] = set()
         self.lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._renew, name="claim-renewal", daemon=True)
         self._thread.start()
 
-    def path(self, unit: int) -> str:
-        return os.path.join(self.dir, shard_name(unit) + CLAIM_SUFFIX)
+    def path(self, unit: int | str) -> str:
+        return os.path.join(self.dir, (unit if isinstance(unit, str) else shard_name(unit)) + CLAIM_SUFFIX)
 
-    def acquire(self, unit: int) -> bool:
+    def acquire(self, unit: int | str) -> bool:
         """Claim ``unit`` if it is free or its claim is stale."""
         path = self.path(unit)
         for _ in range(3):  # the claim vanished between two looks: look again
@@ -185,12 +187,12 @@ class Claims:
         os.remove(moved)
         return self._create(path)
 
-    def owns(self, unit: int) -> bool:
+    def owns(self, unit: int | str) -> bool:
         """Whether the claim file names this process now (the writer asks before committing)."""
         claim = read_claim(self.path(unit))
         return claim is not None and claim["owner"] == self.owner
 
-    def release(self, unit: int) -> None:
+    def release(self, unit: int | str) -> None:
         with self.lock:
             self.held.discard(unit)
         if self.owns(unit):
@@ -209,13 +211,13 @@ class Claims:
         """Stop renewing and release every claim still held."""
         self._stop.set()
         self._thread.join()
-        for unit in sorted(self.held):
+        for unit in list(self.held):
             self.release(unit)
 
     def _renew(self):
         while not self._stop.wait(renew_interval(self.expiry_s)):
             with self.lock:
-                units = sorted(self.held)
+                units = list(self.held)
             for unit in units:
                 try:
                     if self.owns(unit):

@@ -33,7 +33,7 @@ from PIL import Image
 
 from distill.data.formats import pil_to_rgb
 from distill.inference import InputRule
-from pseudolabel.inputs import is_image, wds_split
+from pseudolabel.inputs import wds_members
 
 # EXIF orientation -> the PIL transpose that makes the image upright (as ImageOps.exif_transpose).
 _TRANSPOSE = {
@@ -297,18 +297,13 @@ def stream_tar(url: str):
         return
     try:
         with stream, tarfile.open(fileobj=stream, mode="r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                name_key, field = wds_split(member.name)
-                if name_key is None:
-                    continue
+            for name_key, member, is_image_member in wds_members(tar):
                 if name_key != key:
                     if key is not None:
                         yield sample()
                         count += 1
                     key, image = name_key, None
-                if image is None and is_image("." + field.rsplit(".", 1)[-1]):
+                if image is None and is_image_member:
                     image = (member.name, tar.extractfile(member).read())
     except Exception as e:  # noqa: BLE001 - tarfile, the pipe's exit status, the network: the stream's error
         yield {"id": f"{url}:", "path": url, "error": f"stream broke off after {count} samples ({type(e).__name__}: {e})"}

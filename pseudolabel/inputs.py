@@ -234,6 +234,15 @@ def wds_split(name: str) -> tuple[str | None, str | None]:
     return (m.group(1), m.group(2)) if m else (None, None)
 
 
+def wds_members(tar: tarfile.TarFile):
+    """(sample key, member, whether it is an image) for each file member of a WebDataset tar, in order."""
+    for member in tar:
+        if member.isfile():
+            key, field = wds_split(member.name)
+            if key is not None:
+                yield key, member, is_image("." + field.rsplit(".", 1)[-1])
+
+
 def _tar_items(spec):
     root = spec["root"]
     for tar in spec["tars"]:
@@ -241,16 +250,11 @@ def _tar_items(spec):
         images, order, error = {}, [], None
         try:
             with tarfile.open(tar, "r:") as tf:
-                for m in tf:
-                    if not m.isfile():
-                        continue
-                    key, field = wds_split(m.name)
-                    if key is None:
-                        continue
+                for key, m, image in wds_members(tf):
                     if key not in images:
                         images[key] = None
                         order.append(key)
-                    if images[key] is None and is_image("." + field.rsplit(".", 1)[-1]):
+                    if images[key] is None and image:
                         images[key] = (m.name, m.offset_data, m.size)
         except (tarfile.TarError, OSError, EOFError) as e:
             error = f"unreadable tar after {len(order)} samples ({type(e).__name__}: {e})"

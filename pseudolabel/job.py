@@ -53,7 +53,7 @@ import time
 
 from distill.config import ConfigError
 from distill.data.shards import INDEX_DIR, index_path, read_index, write_atomic
-from pseudolabel.claims import Claims, claim_state, clean_temporaries
+from pseudolabel.claims import LISTING, Claims, claim_state, clean_temporaries
 from pseudolabel.config import LEGACY_DEFAULTS, PseudolabelConfig, defining_options
 from pseudolabel.inputs import (InputError, Listing, detect, discover, rank_units, shard_name, unit_count, unit_inputs,
                                 unit_range, write_listing)
@@ -111,27 +111,41 @@ def _check_same(job: dict, cfg: PseudolabelConfig) -> None:
             )
 
 
+def _read_job(path: str, cfg: PseudolabelConfig) -> dict:
+    with open(path) as f:
+        job = json.load(f)
+    _check_same(job, cfg)
+    return job
+
+
 def prepare_job(cfg: PseudolabelConfig, rank: int) -> dict:
-    """Create (rank 0, first run) or read the frozen job."""
+    """Read the frozen job, or create it: the listing is made by one process of all launches (a
+    claim on ``LISTING``, taken over if its holder dies); the others wait for ``job.json``."""
     out = cfg.output
     path = _job_path(out)
     if os.path.isfile(path):
-        with open(path) as f:
-            job = json.load(f)
-        _check_same(job, cfg)
-        return job
-    if rank != 0:
-        started = time.time()
-        while not os.path.isfile(path):  # rank 0 is listing the inputs
+        return _read_job(path, cfg)
+    started = time.time()
+    claims = Claims(out, cfg.claim_expiry_s) if rank == 0 else None  # other ranks wait for their launch's rank 0
+    try:
+        while not os.path.isfile(path):
+            if claims is not None and claims.acquire(LISTING):
+                if not os.path.isfile(path):  # nobody finished it between the two looks
+                    return _list_job(cfg, path)
+                break
             if time.time() - started > 24 * 3600:
-                raise JobError(f"{path} did not appear in 24 h: is process 0 running?")
+                raise JobError(f"{path} did not appear in 24 h: is the process listing the inputs still running?")
             time.sleep(0.2)
-        time.sleep(0.05)
-        with open(path) as f:
-            job = json.load(f)
-        _check_same(job, cfg)
-        return job
-    if os.path.isdir(out) and glob.glob(os.path.join(out, "shard-*.tar")):
+    finally:
+        if claims is not None:
+            claims.close()
+    time.sleep(0.05)
+    return _read_job(path, cfg)
+
+
+def _list_job(cfg: PseudolabelConfig, path: str) -> dict:
+    out = cfg.output
+    if glob.glob(os.path.join(out, "shard-*.tar")):
         raise JobError(f"{out} holds shards but no {JOB_DIR}/job.json: not an output of this job, or damaged")
     job_dir = os.path.join(out, JOB_DIR)
     os.makedirs(os.path.join(out, INDEX_DIR), exist_ok=True)
