@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 from distill.config import ConfigError, fail, parse_cli, run_main
 from pseudolabel.config import PseudolabelConfig
@@ -44,11 +45,17 @@ def _status(argv: list[str]) -> int:
             print(STATUS_USAGE)
             return 0
         fail(PROG, STATUS_USAGE)
+    from pseudolabel.claims import CLAIM_SUFFIX, CLAIMS_DIR, LISTING, read_claim  # noqa: PLC0415
     from pseudolabel.job import JOB_DIR  # noqa: PLC0415
     from pseudolabel.status import format_status, job_status  # noqa: PLC0415
 
     out = os.path.abspath(argv[0])
     path = os.path.join(out, JOB_DIR, "job.json")
+    listing = read_claim(os.path.join(out, CLAIMS_DIR, LISTING + CLAIM_SUFFIX))
+    if not os.path.isfile(path) and listing is not None:
+        print(f"{out}: the inputs are being listed by {listing['owner']} (claim renewed "
+              f"{time.time() - listing['mtime']:.0f} s ago); units appear once job.json is written")
+        return 0
     try:
         with open(path) as f:
             job = json.load(f)

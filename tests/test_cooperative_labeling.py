@@ -136,13 +136,15 @@ def test_claims_of_another_host_expired_taken_over_live_left_alone(teacher, corp
     assert not (out / CLAIMS_DIR / "shard-000001.claim").exists()
 
 
-def test_one_process_of_all_launches_lists_a_new_job(teacher, corpus, want, tmp_path):  # noqa: F811
+def test_one_process_of_all_launches_lists_a_new_job(teacher, corpus, want, tmp_path, capsys):  # noqa: F811
     """Launches started together on a new output (a SLURM array) wait while another one lists; a
     lister that stops renewing its claim is replaced."""
     out = tmp_path / "out"
     claim = out / CLAIMS_DIR / "listing.claim"
     claim.parent.mkdir(parents=True)
     claim.write_text(json.dumps({"owner": "elsewhere-81-0a0b0c0d", "since": time.time(), "expiry_s": 4}))
+    assert cli_main(["status", str(out)]) == 0
+    assert "the inputs are being listed by elsewhere-81-0a0b0c0d" in capsys.readouterr().out
     start = time.time()
     manifest = run(config(teacher, corpus, out, "claim_expiry_s=4"))
     assert time.time() - start > 3.5  # it waited for the other lister's claim to expire
