@@ -194,12 +194,8 @@ def _url_items(spec):
     """One item per URL (a whole tar, streamed when labeled: ``pseudolabel.decode.stream_tar``)."""
     urls = spec.get("urls")
     if urls is None:
-        try:
-            with open(spec["list"], encoding="utf-8") as f:
-                lines = [line.strip() for line in f.read().splitlines()]
-        except (OSError, UnicodeDecodeError) as e:
-            raise InputError(f"{spec['list']}: cannot read the list of URLs ({type(e).__name__})") from None
-        urls = [u for line in lines if line and not line.startswith("#") for u in _expand_urls(line)]
+        lines = (line.strip() for line in _lines(spec["list"]))
+        urls = (u for line in lines if line and not line.startswith("#") for u in _expand_urls(line))
     for url in urls:
         yield {"id": url, "path": url, "url": url}
 
@@ -211,14 +207,18 @@ def _file_items(spec):
         yield {"id": os.path.relpath(path, root).replace(os.sep, "/"), "path": path, "file": path}
 
 
+def _lines(path: str):
+    """The lines of a text file, read as they are needed (a list of millions of paths is never held)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            yield from f
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the list file ({type(e).__name__})") from None
+
+
 def _list_items(spec):
     base = os.path.dirname(spec["list"])
-    try:
-        with open(spec["list"], encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise InputError(f"{spec['list']}: cannot read the list file ({type(e).__name__})") from None
-    for line in lines:
+    for line in _lines(spec["list"]):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
