@@ -5,7 +5,8 @@ pool of real photos (../shared/data/photos, else scikit-image's samples). With a
 
 1. listing and planning (``pseudolabel.job.prepare_job``: the walk, ``_job/items.jsonl`` and its
    offsets, ``job.json``), time and peak memory above the process's start, for a tenth of the
-   corpus and for all of it, each in a fresh process: flat means the two peaks are close;
+   corpus and for all of it, given as a folder and as a list file of the same paths, each in a
+   fresh process: flat means the two peaks are close;
 2. start-up of a resumed job: the full corpus at ``--shard-size`` (default 50: 20,000 units), about
    half of the units done on disk (one unit labeled for real, hard-linked and re-indexed as the
    others: the start-up reads indexes and tars' sizes, not their keys), then the real command
@@ -210,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ceiling-inputs", type=int, default=10, help="links of each pool photo in part 3")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work-dir")
+    parser.add_argument("--listing-only", action="store_true", help="part 1 alone")
     parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -250,13 +252,24 @@ def run_all(args, work: str) -> int:
 
     # 1. listing and planning
     results["listing"] = []
-    for name, inputs in (("tenth", os.path.join(corpus, "part0")), ("all", corpus)):
+    lists = {}
+    for name, folder in (("tenth", os.path.join(corpus, "part0")), ("all", corpus)):  # the same inputs as list files
+        lists[name] = os.path.join(work, f"{name}.txt")
+        with open(lists[name], "w") as f:
+            for dirpath, _, files in sorted(os.walk(folder)):
+                f.writelines(os.path.join(dirpath, file) + "\n" for file in sorted(files))
+    for name, inputs in (("tenth", os.path.join(corpus, "part0")), ("all", corpus),
+                         ("tenth_list", lists["tenth"]), ("all_list", lists["all"])):
         out = os.path.join(work, f"job_{name}")
         shutil.rmtree(out, ignore_errors=True)
         row = run_child(["listing", teacher, inputs, out, str(args.shard_size)])
+        row["input"] = "list file" if name.endswith("_list") else "folder"
         results["listing"].append(row)
-        log(f"listing {row['inputs']:,} inputs -> {row['units']:,} units: {row['listing_s']:.1f} s, planning "
-            f"{row['planning_s']:.2f} s, peak memory above start {row['peak_above_base_mb']:.1f} MB")
+        log(f"listing {row['inputs']:,} inputs ({row['input']}) -> {row['units']:,} units: {row['listing_s']:.1f} s, "
+            f"planning {row['planning_s']:.2f} s, peak memory above start {row['peak_above_base_mb']:.1f} MB")
+    if args.listing_only:
+        print(json.dumps(results, indent=1))
+        return 0
 
     # 2. resumed start-up, on the full job's listing
     row = resumed_start(teacher, corpus, os.path.join(work, "job_all"), args.shard_size, results["listing"][1]["units"])

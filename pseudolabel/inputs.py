@@ -322,7 +322,7 @@ def write_listing(items, job_dir: str, unique: bool = False) -> dict:
     {"items": N, "duplicates": D}.
 
     Memory stays flat in N: offsets go to a file as they come; the duplicate check keeps 8 bytes
-    per input (a 64-bit hash, ids compared where hashes meet) and rewrites the listing only when
+    per input (a 64-bit hash; ids compared where hashes meet) and rewrites the listing only when
     there are duplicates."""
     os.makedirs(job_dir, exist_ok=True)
     path = os.path.join(job_dir, "items.jsonl")
@@ -334,7 +334,7 @@ def write_listing(items, job_dir: str, unique: bool = False) -> dict:
         obuf.write(struct.pack("<Q", 0))
         for item in items:
             if not unique:
-                hashes.append(int.from_bytes(hashlib.blake2b(item["id"].encode("utf-8"), digest_size=8).digest(), "little"))
+                hashes.append(_id_hash(item["id"]))
             line = (json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
             buf.write(line)
             end += len(line)
@@ -342,7 +342,7 @@ def write_listing(items, job_dir: str, unique: bool = False) -> dict:
         buf.flush()
         obuf.flush()
     n = os.path.getsize(raw_offsets) // 8 - 1
-    drop = _repeated(hashes, path + ".tmp", raw_offsets) if len(hashes) else set()
+    drop = _repeated(hashes, path + ".tmp") if len(hashes) else set()
     del hashes
     if drop:  # rare: written again without them
         _drop_lines(path + ".tmp", raw_offsets, drop)
@@ -356,29 +356,26 @@ def write_listing(items, job_dir: str, unique: bool = False) -> dict:
     return {"items": n, "duplicates": len(drop)}
 
 
-def _line(jsonl: str, offsets: np.ndarray, i: int) -> dict:
-    with open(jsonl, "rb") as f:
-        f.seek(int(offsets[i]))
-        return json.loads(f.read(int(offsets[i + 1] - offsets[i])))
+def _id_hash(item_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(item_id.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-def _repeated(hashes: array.array, jsonl: str, raw_offsets: str) -> set[int]:
-    """Line numbers whose id an earlier line has."""
+def _repeated(hashes: array.array, jsonl: str) -> set[int]:
+    """Line numbers whose id an earlier line has. The hashes are sorted in place (no copy); only
+    when two are equal is the listing read again, comparing the ids behind those hashes."""
     h = np.frombuffer(hashes, dtype=np.uint64)
-    order = np.argsort(h, kind="stable")  # equal hashes keep their listing order
-    same = np.flatnonzero(h[order][1:] == h[order][:-1]) + 1
-    if not len(same):
-        return set()
-    offsets = np.fromfile(raw_offsets, dtype="<u8")
-    drop = set()
-    for k in same:  # a run of equal hashes: drop each line whose id an earlier line of the run has
-        line = int(order[k])
-        j = k - 1
-        while j >= 0 and h[order[j]] == h[order[k]]:
-            if int(order[j]) not in drop and _line(jsonl, offsets, int(order[j]))["id"] == _line(jsonl, offsets, line)["id"]:
-                drop.add(line)
-                break
-            j -= 1
+    h.sort()
+    repeated = set(h[1:][h[1:] == h[:-1]].tolist())
+    drop, first = set(), set()
+    if repeated:
+        with open(jsonl, "rb") as f:
+            for i, line in enumerate(f):
+                item_id = json.loads(line)["id"]
+                if _id_hash(item_id) in repeated:
+                    if item_id in first:
+                        drop.add(i)
+                    else:
+                        first.add(item_id)
     return drop
 
 
