@@ -52,7 +52,7 @@ import threading
 import time
 
 from distill.config import ConfigError
-from distill.data.shards import INDEX_DIR, index_path, read_index, write_atomic
+from distill.data.shards import INDEX_DIR, index_path, read_index, remove_quietly, write_atomic
 from pseudolabel.claims import LISTING, Claims, claim_state, clean_temporaries
 from pseudolabel.config import LEGACY_DEFAULTS, PseudolabelConfig, defining_options
 from pseudolabel.inputs import (InputError, Listing, detect, discover, rank_units, shard_name, unit_count, unit_inputs,
@@ -166,21 +166,14 @@ def _list_job(cfg: PseudolabelConfig, path: str) -> dict:
         "hf": hf,
         "items": counts["items"],
         "duplicates_dropped": counts["duplicates"],
-        "units": unit_count(counts["items"], 1 if kind == "urls" else cfg.shard_size),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    job["units"] = unit_count(counts["items"], unit_inputs(job))
     write_atomic(path, json.dumps(job, indent=1).encode())
     return job
 
 
 # ------------------------------------------------------------------------------ resume / claims
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
 def launch_slot(rank: int, world: int) -> tuple[int, int]:
     """This process's place among all processes of the launches started together: (slot, slots).
     A SLURM job array multiplies the processes of one launch by its tasks."""
@@ -224,8 +217,8 @@ def claim_batch(out: str, order: list[int], claims: Claims, n: int, done: set[in
             continue
         suspect.discard(unit)
         # the index first: a kill between the two leaves an orphan tar, never an index without its tar
-        _remove(index_path(out, name))
-        _remove(os.path.join(out, name + ".tar"))
+        remove_quietly(index_path(out, name))
+        remove_quietly(os.path.join(out, name + ".tar"))
         batch.append(unit)
     return batch
 
