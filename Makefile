@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip uv
-	$(BIN)/uv pip install --python $(BIN)/python -e ".[dev]"
+	$(BIN)/uv pip install --python $(BIN)/python -e ".[dev,prior]"
 	touch $@
 
 # pytest's exit code 5 ("no tests collected", e.g. with -k) is not a failure.

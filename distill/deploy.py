@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from distill.config import ConfigError, parse_cli, run_main
 from distill.models import image_processor, quiet_transformers, resolve_model
-from distill.preprocessing import Preprocessing, resize_for_inference
+from distill.preprocessing import Preprocessing
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "photos"
@@ -88,18 +88,24 @@ def exportable(model) -> torch.nn.Module:
     return ExportableDepthModel(model)
 
 
-def export_onnx(model, path: str | os.PathLike, multiple: int, precision: str = "fp32", opset: int = 18) -> None:
+def export_onnx(model, path: str | os.PathLike, multiple: int, precision: str = "fp32", opset: int = 18,
+                fixed_size: int | None = None) -> None:
     """Write ``model`` (eval mode, fp32) to ``path`` with dynamic batch, height and width (multiples
-    of ``multiple``); fp16 exports a half-precision copy."""
+    of ``multiple``), or at its one ``fixed_size`` (DPT-hybrid: dynamic batch only); fp16 exports a
+    half-precision copy."""
     wrapped = exportable(model).eval()
     if precision == "fp16":
         wrapped = wrapped.half()
     dtype = torch.float16 if precision == "fp16" else torch.float32
     # Batch 2 and sizes of 3x and 4x the multiple: an example dimension of 1 would be specialised.
-    example = torch.randn(2, 3, 3 * multiple, 4 * multiple, dtype=dtype)
     dim = torch.export.Dim
-    shapes = {"pixel_values": {0: dim("batch", min=1, max=1024), 2: multiple * dim("patches_h", min=1, max=1024),
-                               3: multiple * dim("patches_w", min=1, max=1024)}}
+    if fixed_size:
+        example = torch.randn(2, 3, fixed_size, fixed_size, dtype=dtype)
+        shapes = {"pixel_values": {0: dim("batch", min=1, max=1024)}}
+    else:
+        example = torch.randn(2, 3, 3 * multiple, 4 * multiple, dtype=dtype)
+        shapes = {"pixel_values": {0: dim("batch", min=1, max=1024), 2: multiple * dim("patches_h", min=1, max=1024),
+                                   3: multiple * dim("patches_w", min=1, max=1024)}}
     with torch.no_grad():
         program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=opset, verbose=False,
                                     input_names=["pixel_values"], output_names=["predicted_depth"],
@@ -149,7 +155,7 @@ def parity(onnx_path, model, preprocessing: Preprocessing, images, sizes: list[i
     rows = []
     for name, image in images:
         for size in sizes:
-            x = torch.from_numpy(resize_for_inference(image, size, preprocessing.multiple)).permute(2, 0, 1)[None]
+            x = torch.from_numpy(preprocessing.resize(image, size)).permute(2, 0, 1)[None]
             pixels = preprocessing.normalize(x)
             with torch.no_grad():
                 expect = model(pixel_values=pixels).predicted_depth.float().numpy()
@@ -164,14 +170,19 @@ def parity(onnx_path, model, preprocessing: Preprocessing, images, sizes: list[i
 
 def write_readme(out: Path, reference: str, info: dict) -> None:
     p = info["preprocessing"]
+    if p.get("fixed_size"):
+        size = f"""H = W = {p['fixed_size']} only (a DPT-hybrid: the graph is static in its spatial size). From a
+uint8 RGB image: resize (bicubic) to {p['fixed_size']}x{p['fixed_size']}, not keeping the aspect ratio;"""
+    else:
+        size = f"""H and W any multiples
+of {p['multiple']}. From a uint8 RGB image: resize (bicubic) so that the shorter side is at least the
+inference size (e.g. 518) and both sides are multiples of {p['multiple']}, keeping the aspect ratio;"""
     text = f"""# ONNX export of `{reference}`
 
 `{info['file']}`: opset {info['opset']}, {info['precision']}, exported by `distill/export.py` on {info['date']}.
 
 ## Input
-`pixel_values`: float{16 if info['precision'] == 'fp16' else 32} [batch, 3, H, W], RGB, H and W any multiples
-of {p['multiple']}. From a uint8 RGB image: resize (bicubic) so that the shorter side is at least the
-inference size (e.g. 518) and both sides are multiples of {p['multiple']}, keeping the aspect ratio;
+`pixel_values`: float{16 if info['precision'] == 'fp16' else 32} [batch, 3, H, W], RGB, {size}
 then `x * {p['rescale_factor']:.6g}`, minus mean {p['mean']}, divided by std {p['std']} per channel.
 
 ## Output
@@ -223,7 +234,7 @@ def run(args: ExportConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     name = "model.onnx" if args.precision == "fp32" else f"model_{args.precision}.onnx"
     start = time.perf_counter()
-    export_onnx(model, out / name, multiple, args.precision, args.opset)
+    export_onnx(model, out / name, multiple, args.precision, args.opset, resolved.preprocessing.fixed_size)
     seconds = time.perf_counter() - start
     rows = parity(out / name, model, resolved.preprocessing, images, args.check_sizes, args.precision)
     worst = max(r["relative_l2"] for r in rows)

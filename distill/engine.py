@@ -101,11 +101,12 @@ class TrainConfig:
 # --- pieces ----------------------------------------------------------------------------------------
 
 
-def make_model(cfg: ModelConfig, output_space: OutputSpace):
+def make_model(cfg: ModelConfig, output_space: OutputSpace, input_size: int | None = None):
+    """``input_size``: the training crop, the one input size of presets that take one (DPT-hybrid)."""
     if cfg.init_from:
         model = resolve_model(cfg.init_from, output_space).model
     else:
-        model = build_model(cfg.preset, output_space, cfg.max_depth, dinov2=cfg.dinov2)
+        model = build_model(cfg.preset, output_space, cfg.max_depth, dinov2=cfg.dinov2, input_size=input_size)
     if cfg.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()
@@ -113,12 +114,12 @@ def make_model(cfg: ModelConfig, output_space: OutputSpace):
     return model
 
 
-def model_preprocessing(cfg: ModelConfig) -> Preprocessing:
+def model_preprocessing(cfg: ModelConfig, input_size: int | None = None) -> Preprocessing:
     """The input rule of the model ``make_model`` builds: a whole model's own image processor, else
     the Depth Anything / DINOv2 defaults (ImageNet mean/std) at the preset's size multiple."""
     if cfg.init_from:
         return load_preprocessing(resolve_reference(cfg.init_from))
-    return default_preprocessing(model_config(cfg.preset))
+    return default_preprocessing(model_config(cfg.preset, input_size=input_size))
 
 
 # Parameter names (fnmatch patterns) without weight decay, besides all 1-d ones (norms, biases).
@@ -414,7 +415,7 @@ def setup(cfg: TrainConfig, output_space: OutputSpace, model=None, train_transfo
     check_launch_config(accelerator, cfg, micro_batch)
     set_seed(cfg.seed)  # identical initial weights on every rank
     if model is None:
-        model = make_model(cfg.model, output_space)
+        model = make_model(cfg.model, output_space, cfg.data.crop_size)
     optimizer = make_optimizer(model, cfg.optim)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.max_steps, cfg.optim))
     if cfg.compile:

@@ -88,7 +88,7 @@ from distill.metrics import (
     per_image_metrics,
     protocol_depth,
 )
-from distill.preprocessing import DEFAULT, INPUT_SIZE, Preprocessing, resize_for_inference
+from distill.preprocessing import DEFAULT, INPUT_SIZE, Preprocessing
 from distill.spaces import OutputSpace, to_depth
 from distill.visualisation import save_depth_visuals, save_pair_visuals
 
@@ -156,7 +156,7 @@ def predict(model, images: torch.Tensor, size_hw: tuple[int, int], preprocessing
 @torch.no_grad()
 def predict_images(model, images: list, size: int, preprocessing: Preprocessing, device, autocast=contextlib.nullcontext) -> torch.Tensor:
     """uint8 [H, W, 3] images of one size -> predictions [B, H, W] (CPU, float32) at that size."""
-    x = np.stack([resize_for_inference(im, size, preprocessing.multiple) for im in images])
+    x = np.stack([preprocessing.resize(im, size) for im in images])
     x = torch.from_numpy(x).permute(0, 3, 1, 2).to(device)
     with autocast():
         pred = predict(model, x, images[0].shape[:2], preprocessing)

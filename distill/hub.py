@@ -263,6 +263,10 @@ def build_card(repo_id: str, space: OutputSpace, config, license: str, base_mode
     if getattr(config, "model_type", None) == "depth_anything":
         arch = (f"DINOv2 ViT encoder ({getattr(bb, 'hidden_size', '?')} wide, {getattr(bb, 'num_hidden_layers', '?')} "
                 "layers) with a DPT decoder")
+    elif getattr(config, "is_hybrid", False):
+        arch = (f"DPT-hybrid: a `{getattr(bb, 'backbone', '?')}` CNN under a {config.num_hidden_layers}-layer ViT with a DPT "
+                f"decoder, taking {config.image_size}x{config.image_size} inputs only (its image processor resizes every "
+                "image to that square and the pipeline resizes the depth back)")
     else:
         arch = f"`{getattr(config, 'model_type', '?')}` model"
     lines = [
@@ -279,6 +283,9 @@ def build_card(repo_id: str, space: OutputSpace, config, license: str, base_mode
     ]
     if base_models:
         lines += [f"Base model(s): {', '.join(f'`{b}`' for b in base_models)}. Licence of this release: `{license}`.", ""]
+    if getattr(config, "encoder_weights", None):
+        licence = getattr(config, "encoder_weights_licence", None)
+        lines += [f"Encoder initialised from: {config.encoder_weights}{f'; licence: {licence}' if licence else ''}.", ""]
     if has_training_config:
         lines += ["The training configuration is in `training_config.yaml`.", ""]
     usage = f"""## Usage

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.preprocessing import Preprocessing, inference_size, resize_image
+from distill.preprocessing import Preprocessing
 
 RULES = ("processor", "depth_anything")
 
@@ -50,14 +50,13 @@ class InputRule:
             rgb = rgb if rgb.flags.writeable else rgb.copy()  # torch.from_numpy inside wants a writable array
             pixels = self.processor(images=rgb, input_data_format="channels_last", return_tensors="pt")["pixel_values"][0]
             return np.ascontiguousarray(pixels.numpy().astype(np.float32, copy=False))
-        hw = inference_size(*rgb.shape[:2], self.input_size, self.preprocessing.multiple, self.max_aspect)
-        return np.ascontiguousarray(resize_image(rgb, hw).transpose(2, 0, 1))
+        return np.ascontiguousarray(self.preprocessing.resize(rgb, self.input_size, self.max_aspect).transpose(2, 0, 1))
 
     def largest_input_side(self, height: int, width: int) -> tuple[int, int] | None:
         """An upper bound of the (h, w) the image is resized to, for reduced-scale JPEG decoding;
         None where the processor keeps the image's size (decode at full size)."""
         if self.kind == "depth_anything":
-            return inference_size(height, width, self.input_size, self.preprocessing.multiple, self.max_aspect)
+            return self.preprocessing.input_hw(height, width, self.input_size, self.max_aspect)
         d = self.processor.to_dict()
         size = d.get("size") or {}
         sides = [int(v) for k, v in size.items() if k in ("height", "width", "shortest_edge", "longest_edge")] if isinstance(size, dict) else []

@@ -36,7 +36,8 @@ from transformers import (
 )
 
 from distill.config import ConfigError
-from distill.preprocessing import DEFAULT, INPUT_SIZE, PATCH_SIZE, Preprocessing, multiple_of, patch_size_of
+from distill.preprocessing import (DEFAULT, INPUT_SIZE, PATCH_SIZE, Preprocessing, fixed_input_size, multiple_of,
+                                  patch_size_of)
 from distill.spaces import METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
 
 
@@ -76,7 +77,26 @@ class GLPNPreset:
     multiple: int = 32  # the decoder fuses stages 2x apart: sides multiples of the total stride
 
 
-PRESETS: dict[str, ModelPreset | GLPNPreset] = {
+@dataclass(frozen=True)
+class HybridPreset:
+    """transformers' DPT-hybrid: a timm CNN whose stride-4 and stride-8 feature maps go straight to the
+    DPT decoder and whose stride-16 map is projected into tokens for a small ViT (two of its layers
+    tapped, the last at half resolution). Stock ``DPTViTHybridEmbeddings`` take one square input size
+    only (``image_size``): the model's image processor resizes every image to it, aspect not kept, and
+    post-processing resizes the depth back (``distill.preprocessing.fixed_input_size``)."""
+    backbone: str  # timm architecture of the CNN
+    prior: str | None  # ``distill.prior`` weights for it (offline); None: random or timm's hub weights
+    hidden_size: int = 192
+    num_layers: int = 4
+    num_heads: int = 3
+    fusion_hidden_size: int = 64
+    image_size: int = 224  # the default input size; a training run's crop size replaces it
+    dinov2: None = None  # no DINOv2 encoder (read by the release's licence check)
+    arch: str = "dpt_hybrid"
+    patch_size: int = 16  # the CNN's stride at the tokens
+
+
+PRESETS: dict[str, ModelPreset | GLPNPreset | HybridPreset] = {
     # A few layers and a small width: random-weight tests and the CPU quickstart.
     "tiny": ModelPreset(32, 4, 2, (1, 2, 3, 4), 16, (8, 16, 32, 32), None, head_hidden_size=8),
     # Half of tiny's width: the smaller student of benchmarks/distill_gain.py.
@@ -93,10 +113,23 @@ PRESETS: dict[str, ModelPreset | GLPNPreset] = {
     # GLPN: MiT-b0's encoder (glpn-b0), and one of some 70k parameters for tests and CPU runs.
     "glpn-tiny": GLPNPreset((8, 16, 24, 32), (1, 1, 1, 1), (1, 1, 1, 1), decoder_hidden_size=16),
     "glpn-b0": GLPNPreset((32, 64, 160, 256), (2, 2, 2, 2), (1, 2, 5, 8)),
+    # CNN encoders with an ImageNet prior that installs offline (distill/prior.py): fast students in
+    # the MiDaS-small tradition, and the stand-in for DINOv2 where no hub is reachable.
+    "hybrid-lite0": HybridPreset("tf_efficientnet_lite0", "efficientnet-lite0"),
+    "hybrid-lite1": HybridPreset("tf_efficientnet_lite1", "efficientnet-lite1"),
+    "hybrid-lite2": HybridPreset("tf_efficientnet_lite2", "efficientnet-lite2"),
 }
 
 
-def get_preset(name: str) -> ModelPreset | GLPNPreset:
+def hybrid_preset(backbone: str) -> HybridPreset:
+    """``hybrid-timm:<arch>``: any timm CNN with feature maps at strides 4, 8, 16 (random weights, or
+    timm's hub weights through ``model.dinov2=timm``)."""
+    return HybridPreset(backbone, None)
+
+
+def get_preset(name: str) -> ModelPreset | GLPNPreset | HybridPreset:
+    if name.startswith("hybrid-timm:"):
+        return hybrid_preset(name.split(":", 1)[1])
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(PRESETS)}")
     return PRESETS[name]
@@ -134,16 +167,46 @@ def backbone_config(preset: ModelPreset, base: Dinov2Config | None = None) -> Di
     )
 
 
+HYBRID_OUT_INDICES = (1, 2, 3)  # timm feature maps at strides 4, 8 and 16
+
+
+def hybrid_config(p: HybridPreset, input_size: int | None, **recorded) -> DPTConfig:
+    """DPT-hybrid on the preset's timm CNN at one square ``input_size`` (a multiple of 32: the
+    deepest reassembled map is at stride 32)."""
+    import timm  # noqa: PLC0415
+
+    size = input_size or p.image_size
+    if size % 32:
+        raise ConfigError(f"a DPT-hybrid input size must be a multiple of 32 (the deepest decoder stride), got {size}")
+    channels = timm.create_model(p.backbone, pretrained=False, features_only=True,
+                                 out_indices=HYBRID_OUT_INDICES).feature_info.channels()
+    return DPTConfig(
+        is_hybrid=True,
+        backbone_config={"model_type": "timm_backbone", "backbone": p.backbone, "out_indices": list(HYBRID_OUT_INDICES)},
+        backbone_featmap_shape=[1, channels[-1], size // p.patch_size, size // p.patch_size],
+        image_size=size, patch_size=p.patch_size, hidden_size=p.hidden_size, num_hidden_layers=p.num_layers,
+        num_attention_heads=p.num_heads, intermediate_size=4 * p.hidden_size,
+        backbone_out_indices=[0, 1, p.num_layers // 2 - 1, p.num_layers - 1],
+        neck_hidden_sizes=[channels[0], channels[1], p.hidden_size, p.hidden_size],
+        reassemble_factors=[1, 1, 1, 0.5], fusion_hidden_size=p.fusion_hidden_size, readout_type="project",
+        **recorded,
+    )
+
+
 def model_config(
     preset: str,
     output_space: OutputSpace = RELATIVE_DISPARITY,
     max_depth: int | None = None,
     dinov2_config: Dinov2Config | None = None,
+    input_size: int | None = None,
 ):
-    """The transformers config of a preset, for the architecture the preset names."""
+    """The transformers config of a preset, for the architecture the preset names. ``input_size``:
+    the one input size of presets that take one (DPT-hybrid), else unused."""
     p = get_preset(preset)
     head = _head_kwargs(output_space, max_depth)  # also refuses output spaces no head can give
     recorded = dict(output_space=output_space.space, output_geometry=output_space.geometry, preset=preset)
+    if p.arch == "dpt_hybrid":
+        return hybrid_config(p, input_size, **recorded)
     if p.arch == "glpn":
         # sigmoid * max_depth: a bounded positive map. Relative disparity (max_depth 1) is learnt up
         # to scale and shift, so the bound does not limit it (saturation only slows the extremes);
@@ -191,6 +254,7 @@ def load_dinov2_config(dinov2: str, preset: str) -> Dinov2Config:
 
 
 MODEL_CLASSES = {"depth_anything": DepthAnythingForDepthEstimation, "dpt": DPTForDepthEstimation,
+                 "dpt_hybrid": DPTForDepthEstimation,
                  "glpn": GLPNForDepthEstimation}
 
 
@@ -208,11 +272,15 @@ def build_model(
     output_space: OutputSpace = RELATIVE_DISPARITY,
     max_depth: int | None = None,
     dinov2: str | None = None,
+    input_size: int | None = None,
 ):
     """A model of the preset's architecture; with ``dinov2`` (hub id or directory; ViT presets) the
-    encoder starts from those weights and the decoder is random, as for a fresh teacher or student."""
-    dinov2_config = load_dinov2_config(dinov2, preset) if dinov2 is not None else None
+    encoder starts from those weights and the decoder is random, as for a fresh teacher or student.
+    DPT-hybrid presets take ``build_hybrid``'s encoder weights in ``dinov2`` and their one input size."""
     p = get_preset(preset)
+    if p.arch == "dpt_hybrid":
+        return build_hybrid(preset, output_space, dinov2, input_size)
+    dinov2_config = load_dinov2_config(dinov2, preset) if dinov2 is not None else None
     model = MODEL_CLASSES[p.arch](model_config(preset, output_space, max_depth, dinov2_config))
     last = _relu_output_conv(model)
     if last is not None and not last.bias.is_meta:
@@ -223,6 +291,39 @@ def build_model(
     if dinov2 is not None:
         encoder = Dinov2Backbone.from_pretrained(dinov2, out_indices=list(p.tapped_layers), reshape_hidden_states=False)
         model.backbone.load_state_dict(encoder.state_dict())
+    return model
+
+
+def build_hybrid(preset: str, output_space: OutputSpace, weights: str | None, input_size: int | None):
+    """A DPT-hybrid whose CNN starts from ``weights``: a ``distill.prior`` name (offline ImageNet
+    weights, e.g. ``efficientnet-lite0``), ``timm`` (timm's pretrained weights from the hub) or None
+    (random); the ViT on its tokens and the decoder start random."""
+    from distill import prior  # noqa: PLC0415
+
+    p = get_preset(preset)
+    model = DPTForDepthEstimation(model_config(preset, output_space, input_size=input_size))
+    with torch.no_grad():
+        model.head.head[4].bias.fill_(1.0)  # the ReLU head starts on its active side (see build_model)
+    cnn = model.dpt.embeddings.backbone._backbone
+    if weights in prior.PRIORS:
+        if prior.get_prior(weights).timm_arch != p.backbone:
+            raise ConfigError(f"the offline prior {weights!r} is a {prior.get_prior(weights).timm_arch}, "
+                              f"preset {preset!r} a {p.backbone}")
+        prior.load_prior_into(cnn, weights)
+    elif weights == "timm":
+        import timm  # noqa: PLC0415
+
+        cnn.load_state_dict(timm.create_model(p.backbone, pretrained=True, features_only=True,
+                                              out_indices=HYBRID_OUT_INDICES).state_dict())
+    elif weights is not None:
+        raise ConfigError(f"encoder weights {weights!r} for the DPT-hybrid preset {preset!r}: give an offline prior "
+                          f"({', '.join(prior.PRIORS)}), 'timm' (timm's hub weights) or nothing (random)")
+    # Where the CNN's weights came from and their licence, for the model card (distill/hub.py).
+    if weights in prior.PRIORS:
+        model.config.encoder_weights = prior.get_prior(weights).source
+        model.config.encoder_weights_licence = prior.get_prior(weights).licence
+    elif weights == "timm":
+        model.config.encoder_weights = f"timm's pretrained {p.backbone} (see its model card for the licence)"
     return model
 
 
@@ -238,7 +339,9 @@ def load_frozen_reference(ref: str):
     final feature map): a DINOv2 of any size (hub id or directory), or the encoder of a depth model
     of an architecture this project builds (a model directory or training run, e.g. the teacher: the
     option where no pretrained DINOv2 is reachable, or to keep the student close to what its teacher
-    has learnt)."""
+    has learnt), or a timm CNN (``timm_reference``)."""
+    if is_timm_reference(ref):
+        return timm_reference(ref)
     reference = resolve_reference(ref)
     cfg = AutoConfig.from_pretrained(reference)
     if isinstance(cfg, Dinov2Config):
@@ -256,6 +359,48 @@ def load_frozen_reference(ref: str):
         raise ModelError(f"{ref}: the frozen reference must be a DINOv2 or a depth model ({', '.join(MODEL_CLASSES)}), "
                          f"not a {getattr(cfg, 'model_type', '?')!r} model")
     return encoder.eval().requires_grad_(False)
+
+
+TIMM_PREFIX = "timm:"
+REFERENCE_STRIDE_INDEX = 3  # a timm CNN's stride-16 map: the grid of patch-14/16 students
+
+
+def is_timm_reference(ref: str) -> bool:
+    from distill.prior import PRIORS  # noqa: PLC0415
+
+    return ref in PRIORS or ref.startswith(TIMM_PREFIX)
+
+
+def timm_reference(ref: str):
+    """A frozen timm CNN as transformers' ``TimmBackbone`` giving its stride-16 feature map: an
+    offline prior by name (``efficientnet-lite0``: ImageNet weights, no hub) or ``timm:<arch>``
+    (timm's pretrained weights from the hub)."""
+    from transformers import TimmBackbone, TimmBackboneConfig  # noqa: PLC0415
+
+    from distill import prior  # noqa: PLC0415
+
+    arch = prior.get_prior(ref).timm_arch if ref in prior.PRIORS else ref[len(TIMM_PREFIX):]
+    encoder = TimmBackbone(TimmBackboneConfig(backbone=arch, out_indices=[REFERENCE_STRIDE_INDEX]))
+    if ref in prior.PRIORS:
+        prior.load_prior_into(encoder._backbone, ref)
+    else:
+        import timm  # noqa: PLC0415
+
+        try:
+            weights = timm.create_model(arch, pretrained=True, features_only=True, out_indices=[REFERENCE_STRIDE_INDEX])
+        except Exception as err:  # noqa: BLE001 - hub unreachable, unknown name: one line
+            raise ModelError(f"{ref}: cannot load timm's pretrained weights ({type(err).__name__}); without a hub use "
+                             f"an offline prior ({', '.join(prior.PRIORS)})") from None
+        encoder._backbone.load_state_dict(weights.state_dict())
+    return encoder.eval().requires_grad_(False)
+
+
+def reference_preprocessing(ref: str, config) -> Preprocessing:
+    """How the frozen reference ``ref`` wants its pixels (its image processor, or timm's statistics)."""
+    if is_timm_reference(ref):
+        mean, std = timm_statistics(config.backbone)
+        return Preprocessing(mean, std, 1 / 255, size_multiple(config), f"timm statistics of {config.backbone}")
+    return load_preprocessing(resolve_reference(ref), config)
 
 
 # What the depth architectures of transformers output (after their image processor's
@@ -387,14 +532,33 @@ def resolve_model(ref: str, output_space: OutputSpace | None = None, preset: str
 
 
 def size_multiple(config) -> int:
-    """What a model's input sides must be multiples of: GLPN's total stride, else the ViT patch size."""
-    if getattr(config, "model_type", None) == "glpn":
+    """What a model's input sides must be multiples of: GLPN's total stride, a timm CNN's 32, else
+    the ViT patch size. (A DPT-hybrid takes one size only: ``fixed_input_size``.)"""
+    model_type = getattr(config, "model_type", None)
+    if model_type == "glpn":
         return math.prod(config.strides)
+    if model_type == "timm_backbone":
+        return 32
     return patch_size_of(config)
 
 
+def timm_statistics(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std a timm architecture's pretrained weights expect (its pretrained_cfg)."""
+    import timm  # noqa: PLC0415
+
+    cfg = timm.get_pretrained_cfg(arch)
+    return tuple(cfg.mean), tuple(cfg.std)
+
+
 def default_preprocessing(config) -> Preprocessing:
-    """The project's input rule for a model it builds: ImageNet mean/std, /255, the model's size multiple."""
+    """The project's input rule for a model it builds: ImageNet mean/std, /255, the model's size
+    multiple; a DPT-hybrid: its CNN's own statistics at its one input size."""
+    fixed = fixed_input_size(config)
+    if fixed:
+        mean, std = timm_statistics(config.backbone_config.backbone)
+        return Preprocessing(mean, std, 1 / 255, patch_size_of(config),
+                             f"default of a {config.backbone_config.backbone} DPT-hybrid (timm's mean/std, /255, "
+                             f"resized to {fixed}x{fixed})", fixed)
     multiple = size_multiple(config)
     if multiple == DEFAULT.multiple:
         return DEFAULT
@@ -409,11 +573,12 @@ def image_processor(size: int = INPUT_SIZE, preprocessing: Preprocessing | None 
     every architecture: GLPN's own processor has no target size (it runs an image at its own size,
     rounded down to multiples of 32)."""
     p = preprocessing or Preprocessing()
+    size = p.fixed_size or size
     return DPTImageProcessor(
         do_resize=True,
         size={"height": size, "width": size},
-        keep_aspect_ratio=True,
-        ensure_multiple_of=p.multiple,
+        keep_aspect_ratio=not p.fixed_size,  # a fixed-size model: resized to its square, aspect not kept
+        ensure_multiple_of=1 if p.fixed_size else p.multiple,
         resample=3,  # PIL bicubic
         do_rescale=True,
         rescale_factor=p.rescale_factor,

@@ -69,6 +69,19 @@ class Preprocessing:
     rescale_factor: float = 1 / 255
     multiple: int = PATCH_SIZE
     source: str = "default (ImageNet mean/std, /255, patch 14)"
+    # A model that takes one square size only (DPT-hybrid): every image is resized to it, aspect
+    # not kept, and the prediction back to the image's size.
+    fixed_size: int | None = None
+
+    def input_hw(self, height: int, width: int, size: int = INPUT_SIZE, max_aspect: float | None = None) -> tuple[int, int]:
+        """The model input's (height, width) for an image: ``fixed_size`` square, else ``inference_size``."""
+        if self.fixed_size:
+            return self.fixed_size, self.fixed_size
+        return inference_size(height, width, size, self.multiple, max_aspect)
+
+    def resize(self, image: np.ndarray, size: int = INPUT_SIZE, max_aspect: float | None = None) -> np.ndarray:
+        """uint8 [H, W, 3] -> the uint8 model input at ``input_hw``."""
+        return resize_image(image, self.input_hw(*image.shape[:2], size, max_aspect))
 
     @classmethod
     def from_image_processor(cls, processor, config=None, source: str = "image processor") -> "Preprocessing":
@@ -84,7 +97,7 @@ class Preprocessing:
         multiple = max(int(d.get("ensure_multiple_of") or 1), int(d.get("size_divisor") or 1))
         if multiple == 1:
             multiple = patch_size_of(config)
-        return cls(mean, std, rescale, multiple, source)
+        return cls(mean, std, rescale, multiple, source, fixed_input_size(config))
 
     def normalize(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float model input, on the images' device."""
@@ -95,8 +108,11 @@ class Preprocessing:
         return (x - mean) / std
 
     def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std), "rescale_factor": self.rescale_factor,
-                "multiple": self.multiple, "source": self.source}
+        d = {"mean": list(self.mean), "std": list(self.std), "rescale_factor": self.rescale_factor,
+             "multiple": self.multiple, "source": self.source}
+        if self.fixed_size:
+            d["fixed_size"] = self.fixed_size
+        return d
 
 
 def patch_size_of(config) -> int:
@@ -106,6 +122,15 @@ def patch_size_of(config) -> int:
         if isinstance(value, int) and value > 0:
             return value
     return PATCH_SIZE
+
+
+def fixed_input_size(config) -> int | None:
+    """The one input size of a model config that takes one: transformers' DPT-hybrid embeddings
+    refuse any size but ``image_size`` (square)."""
+    if config is not None and getattr(config, "is_hybrid", False):
+        size = config.image_size
+        return int(size if isinstance(size, int) else size[0])
+    return None
 
 
 DEFAULT = Preprocessing()

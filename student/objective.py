@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from distill.losses import feature_alignment_loss, gradient_matching_loss, ssi_loss, uts_loss
 from distill.models import encoder_of, size_multiple
-from distill.preprocessing import DEFAULT, Preprocessing, multiple_of
+from distill.preprocessing import DEFAULT, Preprocessing, fixed_input_size, multiple_of
 from distill.spaces import OutputSpace, convert
 from student.config import StudentObjectiveConfig
 from student.perturb import cutmix
@@ -37,6 +37,17 @@ class FinalFeatures:
         self.map = features
 
 
+def fit_to_model(x: torch.Tensor, config) -> torch.Tensor:
+    """[B, C, H, W] resized (bilinear) to what a model of ``config`` takes for these images: its one
+    size (DPT-hybrid), else ``fit_to_multiple`` of its size multiple."""
+    fixed = fixed_input_size(config)
+    if fixed is None:
+        return fit_to_multiple(x, size_multiple(config))
+    if tuple(x.shape[-2:]) == (fixed, fixed):
+        return x
+    return F.interpolate(x, size=(fixed, fixed), mode="bilinear", align_corners=False)
+
+
 def fit_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
     """[B, C, H, W] resized (bilinear) to the nearest sides that are multiples of ``multiple``: what a
     model of that size multiple takes for these images (a teacher or frozen reference of another
@@ -48,6 +59,8 @@ def fit_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
 def feature_width(encoder) -> int:
     """The channels of an encoder's ``FinalFeatures``."""
     config = encoder.config
+    if config.model_type == "timm_backbone":
+        return encoder.channels[-1]
     return config.hidden_sizes[-1] if config.model_type == "glpn" else config.hidden_size
 
 
@@ -91,7 +104,7 @@ class StudentObjective:
         The reference sees them fitted to its own size multiple (a patch-14 DINOv2 for a GLPN
         student's multiples of 32); the student's map is resampled to the reference's grid, then
         projected to its width."""
-        x = fit_to_multiple(self.frozen_preprocessing.normalize(images), size_multiple(self.frozen_encoder.config))
+        x = fit_to_model(self.frozen_preprocessing.normalize(images), self.frozen_encoder.config)
         with torch.no_grad():
             self.frozen_encoder(pixel_values=x)
         frozen = self._frozen_features.map
@@ -108,7 +121,7 @@ class StudentObjective:
         run on the clean images."""
         if self.teacher is not None:
             target = torch.zeros_like(batch["target"], dtype=torch.float32)
-            x = fit_to_multiple(self.teacher_preprocessing.normalize(batch["image"][pseudo]), size_multiple(self.teacher.config))
+            x = fit_to_model(self.teacher_preprocessing.normalize(batch["image"][pseudo]), self.teacher.config)
             with torch.no_grad():
                 pred = self.teacher(pixel_values=x).predicted_depth.float()
             if pred.shape[-2:] != target.shape[-2:]:  # a teacher of another size multiple than the student's crops

@@ -19,7 +19,7 @@ from distill.config import ConfigError, parse_cli, run_main
 from distill.data.loading import build_dataset
 from distill.data.transforms import TrainTransform
 from distill.engine import make_model, model_preprocessing, train
-from distill.models import encoder_of, load_frozen_reference, load_preprocessing, resolve_model, resolve_reference
+from distill.models import encoder_of, load_frozen_reference, reference_preprocessing, resolve_model, resolve_reference
 from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY, OutputSpace
 from student.config import StudentConfig
 from student.objective import StudentObjective, attach_feature_projection
@@ -61,14 +61,14 @@ def _main(argv=None) -> int:
         space, teacher_preprocessing = student_space(first.geometry), None
 
     torch.manual_seed(cfg.seed)
-    model = make_model(cfg.model, space)
-    preprocessing = model_preprocessing(cfg.model)
+    model = make_model(cfg.model, space, cfg.data.crop_size)
+    preprocessing = model_preprocessing(cfg.model, cfg.data.crop_size)
     if cfg.data.crop_size % preprocessing.multiple:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is not a multiple of {preprocessing.multiple}, "
                           f"the size multiple of the student ({cfg.model.init_from or cfg.model.preset})")
     if cfg.frozen_dinov2:
         frozen = load_frozen_reference(cfg.frozen_dinov2)
-        frozen_preprocessing = load_preprocessing(resolve_reference(cfg.frozen_dinov2), frozen.config)
+        frozen_preprocessing = reference_preprocessing(cfg.frozen_dinov2, frozen.config)
     else:
         frozen, frozen_preprocessing = copy.deepcopy(encoder_of(model)), preprocessing
     attach_feature_projection(model, frozen)

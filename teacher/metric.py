@@ -84,7 +84,7 @@ def _main(argv=None) -> int:
     torch.manual_seed(cfg.seed)
     model = metric_model(cfg.model.init_from, max_depth, cfg.keep_decoder)
     freeze_unused_parameters(model)
-    preprocessing = model_preprocessing(cfg.model)
+    preprocessing = model_preprocessing(cfg.model, cfg.data.crop_size)
     final = train(cfg, MetricObjective(cfg.objective, max_depth, preprocessing), METRIC_DEPTH, model=model,
                   preprocessing=preprocessing)
     if final:

@@ -14,7 +14,7 @@ PROG = "train_teacher.py"
 
 def _main(argv=None) -> int:
     cfg = parse_cli(TeacherConfig, argv, prog=PROG)
-    preprocessing = model_preprocessing(cfg.model)
+    preprocessing = model_preprocessing(cfg.model, cfg.data.crop_size)
     final = train(cfg, TeacherObjective(cfg.objective, preprocessing), output_space_for(cfg.objective.kind),
                   preprocessing=preprocessing)
     if final:  # None: preempted, a checkpoint was saved
