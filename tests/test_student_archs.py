@@ -71,9 +71,12 @@ def reference(kind, model, tmp_path):
             for p in models.encoder_of(model).parameters():
                 p.add_(0.05 * torch.randn_like(p))
         return frozen, models.default_preprocessing(model.config)
-    ref = str(wider_dinov2(tmp_path / "dinov2") if kind == "dinov2" else teacher_run(tmp_path / "teacher"))
+    if kind == "prior":  # the offline ImageNet EfficientNet-Lite0: its stride-16 map, 112 channels
+        ref = "efficientnet-lite0"
+    else:
+        ref = str(wider_dinov2(tmp_path / "dinov2") if kind == "dinov2" else teacher_run(tmp_path / "teacher"))
     frozen = models.load_frozen_reference(ref)
-    return frozen, models.load_preprocessing(models.resolve_reference(ref), frozen.config)
+    return frozen, models.reference_preprocessing(ref, frozen.config)
 
 
 @pytest.mark.parametrize("preset, kind, grids, projected", [
@@ -81,10 +84,12 @@ def reference(kind, model, tmp_path):
     ("dpt-tiny", "dinov2", ((4, 6), (5, 7)), True),
     ("glpn-tiny", "own", ((2, 3), (2, 3)), False),
     ("dpt-tiny", "teacher", ((4, 6), (5, 7)), False),  # 32 wide, as the tiny teacher
+    ("dpt-tiny", "prior", ((4, 6), (4, 6)), True),  # patch 16 = the CNN's stride 16, 32 -> 112 channels
+    ("hybrid-lite0", "dinov2", ((4, 4), (5, 5)), True),  # a hybrid's one size (64 px square), 192-wide tokens
 ])
 def test_feature_alignment_across_architectures(tmp_path, preset, kind, grids, projected):
     torch.manual_seed(0)
-    model = models.build_model(preset, RELATIVE_DISPARITY)
+    model = models.build_model(preset, RELATIVE_DISPARITY, input_size=64)
     frozen, frozen_preprocessing = reference(kind, model, tmp_path)
     assert attach_feature_projection(model, frozen) == projected
     preprocessing = models.default_preprocessing(model.config)
@@ -92,7 +97,7 @@ def test_feature_alignment_across_architectures(tmp_path, preset, kind, grids, p
                                  RELATIVE_DISPARITY, pseudo_group=0, frozen_encoder=frozen,
                                  preprocessing=preprocessing, frozen_preprocessing=frozen_preprocessing)
     student = FinalFeatures(models.encoder_of(model))
-    images = torch.randint(0, 255, (2, 3, 64, 96), dtype=torch.uint8)
+    images = torch.randint(0, 255, (2, 3, 64, 64 if preset.startswith("hybrid") else 96), dtype=torch.uint8)
     model(pixel_values=preprocessing.normalize(images))
     loss = objective.feature_loss(model, student.map, images)
     assert tuple(student.map.shape[-2:]) == grids[0] and tuple(objective._frozen_features.map.shape[-2:]) == grids[1]
