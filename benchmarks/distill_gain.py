@@ -12,11 +12,13 @@ The regime (all data from ``python -m distill.data.synthetic``, 120x160, exact d
   photo style textured with every training photo), its depth never read by training;
 - validation: 32 render + 32 photo scenes; test: 128 render + 128 photo scenes (the photo ones
   textured only with test photos, which no training or validation scene uses). "broad" = the mean of
-  the two styles. Scale-log protocol at 112 px, single pass.
+  the two styles. Every model is relative (disparity up to scale and shift: SSI + gradient matching,
+  as Depth Anything V2; DPT's ReLU head cannot learn GP2's log-depth), scored with the
+  affine-disparity protocol at 112 px, single pass.
 
 Rows per seed and budget (every student trains ``steps`` steps, as long as the teacher; noise on
 students only; one student lr for every row, picked on validation on seed 0's full recipe):
-  blind        the labeled scenes' mean log-depth map, whatever the image
+  blind        the labeled scenes' mean (median-normalised) disparity map, whatever the image
   teacher      ``mini`` (0.69M parameters), source labels only
   teacher+     the teacher continued on its labels for the students' steps (the compute control)
   L1..L5       DA V1 Table 9 ladder, a ``mini`` student (the teacher's size): pseudo-labels only;
@@ -73,7 +75,7 @@ LADDER = {
                drop_path=0.1, labeled=True),
 }
 TITLES = {
-    "blind": "blind layout prior (mean labeled log-depth)", "teacher": "teacher (mini, labels only)",
+    "blind": "blind layout prior (mean labeled disparity)", "teacher": "teacher (mini, labels only)",
     "teacher+": "teacher continued (compute control)", "L1": "student: pseudo-labels only",
     "L2": "+ jitter, blur, CutMix, stochastic depth", "L3": "+ feature alignment to the prior",
     "L4": "+ labeled 1 : pseudo 2", "L5": "+ confidence (full recipe)", "L6": "+ one self-training round",
@@ -89,7 +91,7 @@ ENSEMBLE = 3  # teachers (seeds 0, 1, 2) behind the L7 labels, whatever --seeds:
 @dataclass
 class DistillGainConfig:
     output_dir: str = "runs/distill-gain-v2"
-    quick: bool = False  # one seed, 150 steps, budget 40, an 800-image corpus: the whole table in minutes
+    quick: bool = False  # one seed, 100 steps, budget 40, an 800-image corpus: the whole table in minutes
     seeds: int = 3
     steps: int = 600  # teacher steps; students and the continued teacher train as many again
     batch_size: int = 12  # a multiple of 3: labeled 1 : pseudo 2
@@ -161,6 +163,7 @@ class Experiment:
         if (out / "final" / "config.json").is_file():
             return out
         config = yaml.safe_load((ROOT / "configs" / "teacher" / "tiny.yaml").read_text())
+        config["objective"] = {"kind": "ssi"}
         config["data"]["groups"] = [self.labeled_group(budget)]
         config["model"] = {"preset": preset}
         if preset.startswith("hybrid"):
@@ -193,6 +196,7 @@ class Experiment:
         config = yaml.safe_load((ROOT / "configs" / "student" / "tiny.yaml").read_text())
         config["student"].update({k: v for k, v in spec["student"].items() if k != "perturb"})
         config["student"]["perturb"].update(spec["student"]["perturb"])
+        config["student"]["labeled"] = {"kind": "ssi"}  # labeled rows: the teacher's relative objective
         config["model"] = {"preset": preset, "drop_path_rate": spec["drop_path"]}
         config["optim"]["lr"] = lr
         config["frozen_dinov2"] = PRIOR  # read only where feature_weight > 0
@@ -212,7 +216,7 @@ class Experiment:
         path = self.out / "eval" / f"{model.name}_{dataset}.json"
         if not path.is_file():
             self.stages.run("evaluate", [self.py, "distill/evaluate.py", "--model", str(model), "--benchmark", "folder",
-                                         "--data-root", str(self.data / dataset), "--protocol", "scale-log",
+                                         "--data-root", str(self.data / dataset), "--protocol", "affine-disparity",
                                          "--input-size", str(INPUT_SIZE), "--output", str(path)], main=evaluation.main)
         result = json.loads(path.read_text())
         return {"abs_rel": result["abs_rel"], "d1": result["d1"]}
@@ -221,33 +225,33 @@ class Experiment:
         return {ds: self.score(model, ds) for ds in EVAL_SETS if test or ds.startswith("val")}
 
     def blind(self, budget: int) -> dict:
-        """The labeled scenes' mean log-depth (metric and up-to-scale parts), scored as a prediction
-        for every scene: what knowing the layout statistics alone gives."""
+        """The labeled scenes' mean disparity map (metric and up-to-scale parts, each scene divided by
+        its median), scored as a prediction for every scene: what the layout statistics alone give."""
         import torch
 
         from distill.data.readers import FolderReader
         from distill.evaluation import mean_metrics
         from distill.metrics import METRIC_NAMES, per_image_metrics, protocol_depth
-        from distill.spaces import DEPTH_UP_TO_SCALE
+        from distill.spaces import RELATIVE_DISPARITY
 
         path = self.out / "eval" / f"blind-b{budget}.json"
         if path.is_file():
             return json.loads(path.read_text())
-        logs = []
+        maps = []
         for geometry, _, n in self.labeled_parts(budget)[:2]:
             reader = FolderReader(self.data / f"labeled-b{budget}-{geometry}")
             for i in range(n):
                 s = reader[i]
-                log = np.log(np.where(s.valid & (s.target > 0), s.target, np.nan))
-                logs.append(log - np.nanmean(log))
-        prior = np.exp(np.nan_to_num(np.nanmean(np.stack(logs), 0), nan=0.0)).astype(np.float32)
+                disparity = np.where(s.valid & (s.target > 0), 1 / np.maximum(s.target, 1e-6), np.nan)
+                maps.append(disparity / np.nanmedian(disparity))
+        prior = np.nan_to_num(np.nanmean(np.stack(maps), 0), nan=0.0).astype(np.float32)
         result = {}
         for ds in EVAL_SETS:
             reader, rows = FolderReader(self.data / ds), []
             for i in range(len(reader)):
                 s = reader[i]
                 gt, mask = torch.from_numpy(s.target)[None], torch.from_numpy(s.valid)[None] & (torch.from_numpy(s.target)[None] > 0)
-                depth = protocol_depth(torch.from_numpy(prior)[None], DEPTH_UP_TO_SCALE, gt, mask, "scale-log")
+                depth = protocol_depth(torch.from_numpy(prior)[None], RELATIVE_DISPARITY, gt, mask, "affine-disparity")
                 m = per_image_metrics(depth, gt, mask)
                 rows.append({"skipped": not bool(m["valid"][0]), **{k: float(m[k][0]) for k in METRIC_NAMES}})
             result[ds] = {k: v for k, v in mean_metrics(rows).items() if k in ("abs_rel", "d1")}
@@ -413,7 +417,7 @@ PROG = "python benchmarks/distill_gain.py"
 def _main(argv=None) -> int:
     args = parse_cli(DistillGainConfig, argv, prog=PROG)
     if args.quick:
-        args.seeds, args.steps, args.budgets, args.corpus, args.val_scenes, args.test_scenes = 1, 150, [40], 800, 16, 48
+        args.seeds, args.steps, args.budgets, args.corpus, args.val_scenes, args.test_scenes = 1, 100, [40], 800, 16, 32
     if min(args.seeds, args.steps, args.batch_size, args.corpus, args.val_scenes, args.test_scenes, *args.budgets) < 1:
         raise ConfigError("seeds, steps, batch size, budgets and scene counts must be >= 1")
     if args.batch_size % 3:

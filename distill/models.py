@@ -38,7 +38,7 @@ from transformers import (
 from distill.config import ConfigError
 from distill.preprocessing import (DEFAULT, INPUT_SIZE, PATCH_SIZE, Preprocessing, fixed_input_size, multiple_of,
                                   patch_size_of)
-from distill.spaces import METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
+from distill.spaces import DEPTH_UP_TO_SCALE, METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
 
 
 
@@ -285,6 +285,11 @@ def build_model(
     encoder starts from those weights and the decoder is random, as for a fresh teacher or student.
     DPT-hybrid presets take ``build_hybrid``'s encoder weights in ``dinov2`` and their one input size."""
     p = get_preset(preset)
+    if p.arch in ("dpt", "dpt_hybrid") and output_space == DEPTH_UP_TO_SCALE:
+        # log(ReLU) has no gradient where the ReLU is 0: measured, a GP2 hybrid teacher's output
+        # went to 0 everywhere within 150 steps (AbsRel 1.000)
+        raise ConfigError(f"preset {preset!r} ends in DPT's ReLU head, which a log-depth (GP2, depth up to scale) "
+                          "objective drives to zero: train it as a relative model (objective.kind=ssi)")
     if drop_path_rate and p.arch in ("glpn", "dpt_hybrid"):
         raise ConfigError(f"drop_path_rate={drop_path_rate}: preset {preset!r} has no DINOv2-layout encoder to drop paths of")
     if p.arch == "dpt_hybrid":

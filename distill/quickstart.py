@@ -331,18 +331,9 @@ def table(results: dict) -> str:
 class QuickstartConfig:
     output_dir: str = "runs/quickstart"
     teacher_steps: int = 1000
-    teacher_preset: str = "tiny"  # or hybrid-lite0: the DPT-hybrid on the offline ImageNet prior, 128 px
     student_steps: int = 1000
     unlabeled_scenes: int = 500  # held-out synthetic scenes to pseudo-label
     test_scenes: int = 64  # synthetic scenes to evaluate on
-
-
-def teacher_model_args(preset: str) -> list[str]:
-    """The teacher's model overrides: a DPT-hybrid starts from the offline prior at 128 px (a
-    multiple of 32 near the tiny presets' 112)."""
-    if preset.startswith("hybrid-lite"):
-        return [f"model.preset={preset}", f"model.dinov2=efficientnet-{preset.split('-')[1]}", "data.crop_size=128"]
-    return [f"model.preset={preset}"]
 
 
 PROG = "python -m distill.quickstart"
@@ -380,8 +371,7 @@ def _main(argv=None) -> int:
     teacher = out / "teacher"
     stages.run("teacher", accelerate_launch(
         "distill/train_teacher.py", "--config", "configs/teacher/tiny.yaml", f"output_dir={teacher}",
-        f"max_steps={args.teacher_steps}", f"eval_every={args.teacher_steps}", f"save_every={args.teacher_steps}",
-        *teacher_model_args(args.teacher_preset)))
+        f"max_steps={args.teacher_steps}", f"eval_every={args.teacher_steps}", f"save_every={args.teacher_steps}"))
 
     # 3. pseudo-labels
     pseudo = out / "pseudo-labels"

@@ -12,7 +12,7 @@ from PIL import Image
 from distill import models, prior
 from distill.config import ConfigError, load_config
 from distill.data.shards import ShardReader
-from distill.spaces import RELATIVE_DISPARITY
+from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY
 from test_student import ROOT
 from test_teacher_archs import SIZES, corpus, reference  # noqa: F401 - corpus is a fixture
 
@@ -91,6 +91,8 @@ def test_hybrid_refuses_sizes_it_cannot_take_and_unknown_weights():
         models.build_model("hybrid-lite0", dinov2="efficientnet-lite1", input_size=64)
     with pytest.raises(ConfigError, match="give an offline prior"):
         models.build_model("hybrid-lite0", dinov2="facebook/dinov2-small", input_size=64)
+    with pytest.raises(ConfigError, match=r"DPT's ReLU head, which a log-depth .* \(objective.kind=ssi\)"):
+        models.build_model("hybrid-lite0", DEPTH_UP_TO_SCALE, input_size=64)
 
 
 def test_hybrid_teacher_labels_equal_the_model_through_its_own_processor(tmp_path, corpus):  # noqa: F811
@@ -128,7 +130,7 @@ def test_hybrid_teacher_trains_and_its_run_evaluates(tmp_path):
     from teacher.train import main
 
     out = tmp_path / "teacher"
-    argv = ["--config", str(ROOT / "configs" / "teacher" / "tiny.yaml"), "model.preset=hybrid-lite0",
+    argv = ["--config", str(ROOT / "configs" / "teacher" / "tiny.yaml"), "model.preset=hybrid-lite0", "objective.kind=ssi",
             "model.dinov2=efficientnet-lite0", f"output_dir={out}", "max_steps=3", "log_every=3", "eval_every=3",
             "save_every=3", "tracker=none", "batch_size=2", "data.crop_size=64", "data.num_workers=0",
             "data.val_max_samples=2"]
@@ -141,7 +143,7 @@ def test_hybrid_teacher_trains_and_its_run_evaluates(tmp_path):
 
     synthetic(["--out", str(tmp_path / "scenes"), "--num", "2", "--size", "60", "80", "--seed", "5"])
     assert evaluate(["--model", str(out), "--benchmark", "folder", "--data-root", str(tmp_path / "scenes"),
-                     "--protocol", "scale-log", "--output", str(tmp_path / "eval.json")]) == 0
+                     "--protocol", "affine-disparity", "--output", str(tmp_path / "eval.json")]) == 0
     assert np.isfinite(json.loads((tmp_path / "eval.json").read_text())["abs_rel"])
 
 
