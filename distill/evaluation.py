@@ -85,6 +85,7 @@ from distill.metrics import (
     PROTOCOLS,
     benchmark_mask,
     default_protocol,
+    depth_range_mask,
     per_image_metrics,
     protocol_depth,
 )
@@ -193,13 +194,15 @@ def read_samples(reader, indices, num_workers: int = 0):
 @torch.no_grad()
 def evaluate_samples(model, samples, output_space: OutputSpace, preprocessing: Preprocessing = DEFAULT,
                      benchmark: str | None = None, protocol: str | None = None, size: int = INPUT_SIZE,
-                     batch_size: int = 1, device="cpu", autocast=contextlib.nullcontext, on_image=None) -> list[dict]:
+                     batch_size: int = 1, device="cpu", autocast=contextlib.nullcontext, on_image=None,
+                     depth_range: tuple[float, float] | None = None) -> list[dict]:
     """Per-image rows (``index``, ``key``, ``valid_pixels``, ``skipped``, the metrics) of ``samples``
     (``Sample`` objects whose targets are depth up to scale or better), scored with ``protocol``
     (default: the model's) inside ``benchmark``'s crop and depth range, predictions clamped only to
-    its fixed range. ``on_image(sample, depth, gt, valid, mask)`` sees each aligned prediction."""
+    its fixed range (or ``depth_range``, given for a benchmark without a published one: ground truth
+    outside it is not scored). ``on_image(sample, depth, gt, valid, mask)`` sees each aligned prediction."""
     protocol = protocol or default_protocol(output_space)
-    depth_range = evaluation_range(benchmark)
+    fixed_range, depth_range = depth_range, depth_range or evaluation_range(benchmark)
     rows = []
     for group in _batches(enumerate(samples), lambda item: (item[0], item[1].image, item[1]), batch_size):
         batch = [s for _, _, s in group]
@@ -207,6 +210,8 @@ def evaluate_samples(model, samples, output_space: OutputSpace, preprocessing: P
         gt = torch.from_numpy(np.stack([np.asarray(to_depth(s.target, s.space), dtype=np.float32) for s in batch]))
         valid = torch.from_numpy(np.stack([s.valid for s in batch])) & torch.isfinite(gt) & (gt > 0)
         mask = evaluation_mask(benchmark, gt, valid)
+        if fixed_range is not None:
+            mask = mask & depth_range_mask(gt, *fixed_range)
         depth = protocol_depth(pred, output_space, gt, mask, protocol, depth_range)
         metrics = per_image_metrics(depth, gt, mask)
         for j, (index, _, sample) in enumerate(group):
@@ -239,7 +244,8 @@ def _counted(samples, bar):
 
 def evaluate_depth(model, reader, benchmark: str, output_space: OutputSpace, protocol: str | None = None,
                    size: int = INPUT_SIZE, batch_size: int = 1, max_images: int | None = None,
-                   visuals_dir=None, device="cpu", preprocessing: Preprocessing = DEFAULT, num_workers: int = 0) -> dict:
+                   visuals_dir=None, device="cpu", preprocessing: Preprocessing = DEFAULT, num_workers: int = 0,
+                   depth_range: tuple[float, float] | None = None) -> dict:
     """A benchmark's summary (mean metrics, counts, settings) with the per-image rows under ``images``."""
     protocol = protocol or default_protocol(output_space)
     n = len(reader) if max_images is None else min(len(reader), max_images)
@@ -248,11 +254,12 @@ def evaluate_depth(model, reader, benchmark: str, output_space: OutputSpace, pro
     on_image = None if visuals_dir is None else functools.partial(save_depth_visuals, visuals_dir)
     bar = _progress(n, benchmark)
     rows = evaluate_samples(model, _counted(read_samples(reader, range(n), num_workers), bar), output_space,
-                            preprocessing, benchmark, protocol, size, batch_size, device, on_image=on_image)
+                            preprocessing, benchmark, protocol, size, batch_size, device, on_image=on_image,
+                            depth_range=depth_range)
     bar.close()
     scored = sum(not r["skipped"] for r in rows)
     crop = {"nyu": "eigen", "kitti": "garg"}.get(benchmark) if benchmark in BENCHMARK_CROP else None
-    rng = evaluation_range(benchmark)
+    rng = depth_range or evaluation_range(benchmark)
     return {
         **mean_metrics(rows),
         "benchmark": benchmark,
@@ -418,6 +425,7 @@ class EvaluateConfig:
     output: str | None = None  # JSON file for the metrics (a CSV of per-image rows goes beside it)
     save_visuals: str | None = None  # write per-image PNG strips and PLY point clouds here
     max_images: int | None = None
+    max_depth: float | None = None  # a cap for benchmarks without a published range (folder): predictions clamped to it, ground truth beyond it not scored
     input_size: int = INPUT_SIZE  # inference shorter side
     batch_size: int = 1  # images per forward pass (same-size images only)
     device: str | None = None  # default: cuda if available, else cpu
@@ -447,6 +455,9 @@ def run(args: EvaluateConfig) -> dict:
         raise EvalError(f"data root not found: {args.data_root}")
     if args.max_images is not None and args.max_images < 1:
         raise EvalError("--max-images must be at least 1")
+    if args.max_depth is not None and (args.max_depth <= 0 or args.benchmark in BENCHMARK_DEPTH_RANGE):
+        raise EvalError(f"--max-depth {args.max_depth}: a positive cap, for benchmarks without a published depth range "
+                        f"(not {', '.join(BENCHMARK_DEPTH_RANGE)})")
     if args.batch_size < 1 or args.input_size < 14:
         raise EvalError("--batch-size must be >= 1 and --input-size >= 14")
     if args.protocol is not None and args.protocol not in PROTOCOLS:
@@ -471,7 +482,8 @@ def run(args: EvaluateConfig) -> dict:
     if reader is None:
         result = evaluate_da2k(model, args.data_root, space, **common)
     else:
-        result = evaluate_depth(model, reader, args.benchmark, space, protocol, num_workers=args.num_workers, **common)
+        result = evaluate_depth(model, reader, args.benchmark, space, protocol, num_workers=args.num_workers,
+                                depth_range=None if args.max_depth is None else (1e-3, args.max_depth), **common)
     result["model"] = args.model
     result["data_root"] = os.path.abspath(args.data_root)
     # the identifying fields first, then metrics, then the rest

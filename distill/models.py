@@ -1,6 +1,7 @@
 """Depth models built from `transformers` classes: Depth Anything (DINOv2 ViT encoder + DPT decoder),
-and, as fast students, DPT on a patch-16 ViT and GLPN (Mix Transformer encoder). ``PRESETS`` names
-them; a preset's name picks its architecture.
+and, as fast students, DPT on a patch-16 ViT, GLPN (Mix Transformer encoder) and DPT-hybrid (a timm
+CNN, optionally on the offline ImageNet prior of ``distill.prior``). ``PRESETS`` names them; a
+preset's name picks its architecture.
 
 Ways in, all through real loading code:
 - ``build_model(preset, dinov2=...)``: encoder from DINOv2 weights (hub id or directory), decoder random;

@@ -10,7 +10,9 @@ quickstart all resize and normalise through this module, so they cannot drift ap
 - resampling: OpenCV bicubic;
 - normalisation: ``Preprocessing``, whose statistics, rescale factor and size multiple are read from
   the model's own image processor (``Preprocessing.from_image_processor``; a model without one gets
-  ``Preprocessing()``: ImageNet mean/std, /255, patch 14, the Depth Anything / DINOv2 values).
+  ``Preprocessing()``: ImageNet mean/std, /255, patch 14, the Depth Anything / DINOv2 values);
+- a model that takes one square size only (DPT-hybrid: ``fixed_input_size``) gets every image
+  resized to that square, aspect not kept (``Preprocessing.input_hw`` / ``resize``).
 
 No torch-heavy or transformers import at module level: DataLoader workers import this.
 """

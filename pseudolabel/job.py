@@ -398,6 +398,9 @@ class _Labeler:
             resolved = _load_teacher(cfg, reference)
             rule = InputRule(cfg.resize, resolved.preprocessing, resolved.processor if cfg.resize == "processor" else None,
                              cfg.input_size or 518, cfg.max_aspect)
+            if cfg.tta == "flip+scales" and resolved.preprocessing.fixed_size:
+                raise JobError(f"teacher {reference} takes one input size only ({resolved.preprocessing.fixed_size} px, "
+                               "a DPT-hybrid): --tta flip+scales cannot rescale its input; use --tta flip")
             model = resolved.model.to(device).eval().requires_grad_(False)
             if cfg.compile:
                 model = torch.compile(model)

@@ -97,7 +97,7 @@ def test_hybrid_refuses_sizes_it_cannot_take_and_unknown_weights():
 
 def test_hybrid_teacher_labels_equal_the_model_through_its_own_processor(tmp_path, corpus):  # noqa: F811
     from pseudolabel.config import PseudolabelConfig
-    from pseudolabel.job import run
+    from pseudolabel.job import JobError, run
 
     torch.manual_seed(0)
     model_dir = models.save_model(models.build_model("hybrid-lite0", RELATIVE_DISPARITY, dinov2="efficientnet-lite0",
@@ -106,6 +106,9 @@ def test_hybrid_teacher_labels_equal_the_model_through_its_own_processor(tmp_pat
     manifest = run(load_config(PseudolabelConfig, None, [f"teacher={model_dir}", f"input={corpus}", f"output={out}",
                                                          "batch_size=2", "num_workers=0", "progress=false"]))
     assert manifest["labeled"] == len(SIZES) and manifest["skipped"] == 0
+    with pytest.raises(JobError, match="takes one input size only \\(64 px, a DPT-hybrid\\): --tta flip\\+scales"):
+        run(load_config(PseudolabelConfig, None, [f"teacher={model_dir}", f"input={corpus}", f"output={tmp_path / 'o'}",
+                                                  "tta=flip+scales", "num_workers=0", "progress=false"]))
     reader = ShardReader(out)
     for i in range(len(reader)):
         s = reader[i]
@@ -143,8 +146,11 @@ def test_hybrid_teacher_trains_and_its_run_evaluates(tmp_path):
 
     synthetic(["--out", str(tmp_path / "scenes"), "--num", "2", "--size", "60", "80", "--seed", "5"])
     assert evaluate(["--model", str(out), "--benchmark", "folder", "--data-root", str(tmp_path / "scenes"),
-                     "--protocol", "affine-disparity", "--output", str(tmp_path / "eval.json")]) == 0
-    assert np.isfinite(json.loads((tmp_path / "eval.json").read_text())["abs_rel"])
+                     "--protocol", "affine-disparity", "--max-depth", "40", "--output", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert np.isfinite(result["abs_rel"]) and result["depth_range"] == [0.001, 40.0]
+    assert evaluate(["--model", str(out), "--benchmark", "nyu", "--data-root", str(tmp_path / "scenes"),
+                     "--max-depth", "40"]) == 2  # NYU has its published range
 
 
 def test_hybrid_onnx_export_at_its_one_size(tmp_path):
