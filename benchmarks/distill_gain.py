@@ -154,7 +154,8 @@ class Experiment:
                 "log_every=25"]
 
     def write_config(self, name: str, config: dict) -> Path:
-        config["data"]["val"] = [{"reader": "folder", "root": str(self.data / f"val-{s}")} for s in STYLES]
+        config["data"]["val"] = [{"reader": "folder", "root": str(self.data / f"val-{s}"), "options": {"max_depth": MAX_DEPTH}}
+                                 for s in STYLES]
         path = self.out / "configs" / f"{name}.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(yaml.safe_dump(config, sort_keys=False))

@@ -334,7 +334,7 @@ def validate(model, val_sets: list, output_space: OutputSpace, accelerator: Acce
     for val in val_sets:
         samples = (s for s in read_samples(val.reader, val.indices, num_workers) if s.complete)
         rows = evaluate_samples(model, samples, output_space, preprocessing, val.benchmark, size=size,
-                                device=accelerator.device, autocast=accelerator.autocast)
+                                device=accelerator.device, autocast=accelerator.autocast, depth_range=val.depth_range)
         for row in rows:
             if not row["skipped"]:
                 sums += torch.tensor([row[k] for k in METRIC_NAMES] + [1.0], dtype=torch.float64, device=sums.device)

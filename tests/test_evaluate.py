@@ -325,3 +325,15 @@ def test_validation_on_nyu_equals_the_evaluate_command(tiny_models, tmp_path, ca
     assert val["val/num_images"] == result["num_images"] == 3
     for k in METRIC_NAMES:
         assert val[f"val/{k}"] == pytest.approx(result[k], rel=1e-9, abs=1e-12), k
+
+
+def test_a_validation_folder_with_max_depth_is_capped(tmp_path):
+    """A reader's max_depth is its validation depth range (as ``evaluate --max-depth``): relative
+    models' aligned disparity near 0 would otherwise score as unbounded depth."""
+    from distill.data.loading import DataConfig, DatasetConfig, build_val_sets
+    from distill.data.synthetic import main as synthetic
+
+    synthetic(["--out", str(tmp_path / "val"), "--num", "2", "--size", "30", "40"])
+    capped, plain = build_val_sets(DataConfig(val=[DatasetConfig("folder", str(tmp_path / "val"), options={"max_depth": 40}),
+                                                   DatasetConfig("folder", str(tmp_path / "val"))]))
+    assert capped.depth_range == (1e-3, 40.0) and plain.depth_range is None and capped.indices == [0, 1]

@@ -142,16 +142,22 @@ def build_train_loader(cfg: DataConfig, batch_size: int, seed: int, rank: int = 
 class ValidationSet:
     """One validation dataset: its reader, this rank's sample indices, and the benchmark whose crop
     and depth range score it (the reader's ``benchmark``, e.g. ``nyu`` for ``NYUReader``; None: the
-    whole valid mask, no cap)."""
+    whole valid mask, no cap unless the reader has a ``max_depth``: then predictions are clamped to
+    it, as ``distill/evaluate.py --max-depth`` does)."""
 
     reader: Any
     indices: list[int]
     benchmark: str | None
+    depth_range: tuple[float, float] | None = None
 
 
 def build_val_sets(cfg: DataConfig, rank: int = 0, world_size: int = 1) -> list[ValidationSet]:
     """The first ``val_max_samples`` of each validation dataset, dealt round-robin over ranks."""
     readers = [build_dataset(d) for d in cfg.val]
     items = [(d, i) for d, ds in enumerate(readers) for i in range(min(len(ds), cfg.val_max_samples))][rank::world_size]
-    return [ValidationSet(ds, [i for dd, i in items if dd == d], getattr(ds, "benchmark", None))
-            for d, ds in enumerate(readers)]
+    sets = []
+    for d, ds in enumerate(readers):
+        benchmark, cap = getattr(ds, "benchmark", None), getattr(ds, "max_depth", None)
+        sets.append(ValidationSet(ds, [i for dd, i in items if dd == d], benchmark,
+                                  (1e-3, float(cap)) if cap and benchmark is None else None))
+    return sets
