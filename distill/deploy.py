@@ -25,6 +25,7 @@ file): one line on stderr, exit code 2.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -93,9 +94,10 @@ def export_onnx(model, path: str | os.PathLike, multiple: int, precision: str = 
     """Write ``model`` (eval mode, fp32) to ``path`` with dynamic batch, height and width (multiples
     of ``multiple``), or at its one ``fixed_size`` (DPT-hybrid: dynamic batch only); fp16 exports a
     half-precision copy."""
-    wrapped = exportable(model).eval()
-    if precision == "fp16":
-        wrapped = wrapped.half()
+    if precision == "fp16":  # a half copy: the caller's fp32 model is the parity reference
+        wrapped = exportable(copy.deepcopy(model)).eval().half()
+    else:
+        wrapped = exportable(model).eval()
     dtype = torch.float16 if precision == "fp16" else torch.float32
     # Batch 2 and sizes of 3x and 4x the multiple: an example dimension of 1 would be specialised.
     dim = torch.export.Dim
