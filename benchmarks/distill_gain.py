@@ -299,18 +299,18 @@ class Experiment:
         models["nano-pseudo"] = self.student("L5", seed, budget, labels, lr, preset="nano", name="nano-pseudo")
         if not scarce:
             return models
-        relabels = self.label(f"L5-b{budget}-seed{seed}", [models["L5"]])
-        models["L6"] = self.student("L5", seed, budget, relabels, lr, name="L6")
-        ensemble = self.label(f"teachers-b{budget}-seed{seed}", [teachers[(seed + k) % ENSEMBLE] for k in range(ENSEMBLE)],
-                              tta="flip+scales")
-        models["L7m"] = self.student("L5", seed, budget, ensemble, lr, choose="mean", name="L7m")
-        models["L7r"] = self.student("L5", seed, budget, ensemble, lr, choose="random", name="L7r")
         if self.args.prior:
             models["H"] = self.teacher("H", seed, budget, preset="hybrid-lite0")
             models["H+"] = self.teacher("H+", seed, budget, init_from=models["H"])
             hybrid_labels = self.label(f"H-b{budget}-seed{seed}", [models["H"]])
             models["H-L5"] = self.student("L5", seed, budget, hybrid_labels, lr, name="H-L5")
             models["H-nano"] = self.student("L5", seed, budget, hybrid_labels, lr, preset="nano", name="H-nano")
+        relabels = self.label(f"L5-b{budget}-seed{seed}", [models["L5"]])
+        models["L6"] = self.student("L5", seed, budget, relabels, lr, name="L6")
+        ensemble = self.label(f"teachers-b{budget}-seed{seed}", [teachers[(seed + k) % ENSEMBLE] for k in range(ENSEMBLE)],
+                              tta="flip+scales")
+        models["L7m"] = self.student("L5", seed, budget, ensemble, lr, choose="mean", name="L7m")
+        models["L7r"] = self.student("L5", seed, budget, ensemble, lr, choose="random", name="L7r")
         return models
 
 
