@@ -116,7 +116,9 @@ def combine(preds: torch.Tensor, space) -> tuple[torch.Tensor, torch.Tensor]:
     least-squares scale and shift; uts: median-log scale; metric: none); return (the mean of the
     aligned maps [B, H, W], their relative spread: see ``pseudolabel.tta``)."""
     k, b, h, w = preds.shape
-    p = preds.reshape(k, b, h * w)
+    # float64: a relative (scale-free) model's maps may sit anywhere in magnitude (seen: 1e11), and
+    # float32 sums of their squares overflow into NaN labels
+    p = preds.reshape(k, b, h * w).double()
     positive = space.space in ("depth", "disparity")
     if space.geometry == "utss":
         aligned = _lsq_align(p, p.mean(0))
@@ -138,4 +140,4 @@ def combine(preds: torch.Tensor, space) -> tuple[torch.Tensor, torch.Tensor]:
         spread = torch.log(aligned.clamp_min(EPS)).std(0, unbiased=False)
     else:
         spread = aligned.std(0, unbiased=False)
-    return label.reshape(b, h, w), spread.reshape(b, h, w)
+    return label.reshape(b, h, w).to(preds.dtype), spread.reshape(b, h, w).to(preds.dtype)

@@ -112,3 +112,20 @@ def test_the_mean_of_agreeing_teachers_is_their_label_with_full_confidence():
 def test_teacher_names_are_short_and_unique():
     assert teacher_names(["/x/runs/teacher-vitl/final", "depth-anything/Depth-Anything-V2-Large-hf", "/w/da v2.pth",
                           "/y/runs/teacher-vitl/final"]) == ["teacher-vitl", "Depth-Anything-V2-Large-hf", "da-v2", "teacher-vitl-2"]
+
+
+def test_combining_relative_maps_of_any_magnitude_is_finite_and_scale_equivariant():
+    """A relative (scale-free) model's maps may sit anywhere in magnitude: a hybrid teacher's drifted
+    to ~1e11, where float32 sums of squares overflowed into NaN labels. Scaled maps combine to the
+    scaled label with the same agreement."""
+    from distill.alignment import combine
+    from distill.spaces import RELATIVE_DISPARITY
+
+    torch.manual_seed(0)
+    base = torch.rand(2, 1, 32, 32) + 0.5
+    views = torch.stack([base[0], base[1] * 1.3 + 0.1])  # [K=2, B=1, H, W]
+    small_label, small_spread = combine(views, RELATIVE_DISPARITY)
+    big_label, big_spread = combine(views * 1e11, RELATIVE_DISPARITY)
+    assert torch.isfinite(big_label).all() and torch.isfinite(big_spread).all()
+    assert torch.allclose(big_label / 1e11, small_label, rtol=1e-4)
+    assert torch.allclose(big_spread, small_spread, rtol=1e-3, atol=1e-5)
