@@ -319,21 +319,15 @@ def build_hybrid(preset: str, output_space: OutputSpace, weights: str | None, in
     p = get_preset(preset)
     model = DPTForDepthEstimation(model_config(preset, output_space, input_size=input_size))
     with torch.no_grad():
-        model.head.head[4].bias.fill_(1.0)  # the ReLU head starts on its active side (see build_model)
-    cnn = model.dpt.embeddings.backbone._backbone
-    if weights in prior.PRIORS:
-        if prior.get_prior(weights).timm_arch != p.backbone:
-            raise ConfigError(f"the offline prior {weights!r} is a {prior.get_prior(weights).timm_arch}, "
-                              f"preset {preset!r} a {p.backbone}")
-        prior.load_prior_into(cnn, weights)
-    elif weights == "timm":
-        import timm  # noqa: PLC0415
-
-        cnn.load_state_dict(timm.create_model(p.backbone, pretrained=True, features_only=True,
-                                              out_indices=HYBRID_OUT_INDICES).state_dict())
-    elif weights is not None:
+        _relu_output_conv(model).bias.fill_(1.0)  # the ReLU head starts on its active side (see build_model)
+    if weights is not None and weights not in prior.PRIORS and weights != "timm":
         raise ConfigError(f"encoder weights {weights!r} for the DPT-hybrid preset {preset!r}: give an offline prior "
                           f"({', '.join(prior.PRIORS)}), 'timm' (timm's hub weights) or nothing (random)")
+    if weights in prior.PRIORS and prior.get_prior(weights).timm_arch != p.backbone:
+        raise ConfigError(f"the offline prior {weights!r} is a {prior.get_prior(weights).timm_arch}, "
+                          f"preset {preset!r} a {p.backbone}")
+    if weights is not None:
+        load_cnn_weights(model.dpt.embeddings.backbone._backbone, p.backbone, weights, HYBRID_OUT_INDICES)
     # Where the CNN's weights came from and their licence, for the model card (distill/hub.py).
     if weights in prior.PRIORS:
         model.config.encoder_weights = prior.get_prior(weights).source
@@ -341,6 +335,24 @@ def build_hybrid(preset: str, output_space: OutputSpace, weights: str | None, in
     elif weights == "timm":
         model.config.encoder_weights = f"timm's pretrained {p.backbone} (see its model card for the licence)"
     return model
+
+
+def load_cnn_weights(cnn, arch: str, weights: str, out_indices) -> None:
+    """Load a timm features-only CNN (a hybrid's, or a frozen reference's) from an offline prior by
+    name, or from timm's hub weights (``timm``); an unreachable hub is one line naming the offline option."""
+    from distill import prior  # noqa: PLC0415
+
+    if weights in prior.PRIORS:
+        prior.load_prior_into(cnn, weights)
+        return
+    import timm  # noqa: PLC0415
+
+    try:
+        hub = timm.create_model(arch, pretrained=True, features_only=True, out_indices=list(out_indices))
+    except Exception as err:  # noqa: BLE001 - hub unreachable, unknown name: one line
+        raise ModelError(f"{arch}: cannot load timm's pretrained weights ({type(err).__name__}); without a hub use "
+                         f"an offline prior ({', '.join(prior.PRIORS)})") from None
+    cnn.load_state_dict(hub.state_dict())
 
 
 def encoder_of(model):
@@ -397,17 +409,7 @@ def timm_reference(ref: str):
 
     arch = prior.get_prior(ref).timm_arch if ref in prior.PRIORS else ref[len(TIMM_PREFIX):]
     encoder = TimmBackbone(TimmBackboneConfig(backbone=arch, out_indices=[REFERENCE_STRIDE_INDEX]))
-    if ref in prior.PRIORS:
-        prior.load_prior_into(encoder._backbone, ref)
-    else:
-        import timm  # noqa: PLC0415
-
-        try:
-            weights = timm.create_model(arch, pretrained=True, features_only=True, out_indices=[REFERENCE_STRIDE_INDEX])
-        except Exception as err:  # noqa: BLE001 - hub unreachable, unknown name: one line
-            raise ModelError(f"{ref}: cannot load timm's pretrained weights ({type(err).__name__}); without a hub use "
-                             f"an offline prior ({', '.join(prior.PRIORS)})") from None
-        encoder._backbone.load_state_dict(weights.state_dict())
+    load_cnn_weights(encoder._backbone, arch, ref if ref in prior.PRIORS else "timm", [REFERENCE_STRIDE_INDEX])
     return encoder.eval().requires_grad_(False)
 
 
