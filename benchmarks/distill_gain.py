@@ -307,11 +307,15 @@ class Experiment:
             models["H-nano"] = self.student("L5", seed, budget, hybrid_labels, lr, preset="nano", name="H-nano")
         relabels = self.label(f"L5-b{budget}-seed{seed}", [models["L5"]])
         models["L6"] = self.student("L5", seed, budget, relabels, lr, name="L6")
+        return models
+
+    def ensemble_rows(self, seed: int, budget: int, teachers: dict[int, Path]) -> dict[str, Path]:
+        """L7: the costliest rows (3 teachers x flip + scales labeling), run after every seed's other rows so an
+        interrupted run has whole seeds of everything else."""
         ensemble = self.label(f"teachers-b{budget}-seed{seed}", [teachers[(seed + k) % ENSEMBLE] for k in range(ENSEMBLE)],
                               tta="flip+scales")
-        models["L7m"] = self.student("L5", seed, budget, ensemble, lr, choose="mean", name="L7m")
-        models["L7r"] = self.student("L5", seed, budget, ensemble, lr, choose="random", name="L7r")
-        return models
+        return {name: self.student("L5", seed, budget, ensemble, self.lr, choose=choose, name=name)
+                for name, choose in (("L7m", "mean"), ("L7r", "random"))}
 
 
 # ------------------------------------------------------------------------------------ report
@@ -442,12 +446,15 @@ def _main(argv=None) -> int:
     for b, budget in enumerate(args.budgets):
         # the teachers of every seed first: the ensemble rows (L7) label with all of them
         teachers = {s: exp.teacher("teacher", s, budget) for s in range(max(args.seeds, ENSEMBLE))}
-        for seed in range(args.seeds):
-            models = exp.run_budget(seed, budget, teachers, scarce=b == 0)
+        budget_scores = scores.setdefault(budget, {})
+        runs = [(seed, exp.run_budget, (seed, budget, teachers, b == 0)) for seed in range(args.seeds)]
+        runs += [(seed, exp.ensemble_rows, (seed, budget, teachers)) for seed in range(args.seeds) if b == 0]
+        for seed, rows, row_args in runs:  # scored as they finish: an interrupted run leaves its test scores
+            models = rows(*row_args)
             for row, model in models.items():
-                scores.setdefault(budget, {}).setdefault(row, {})[seed] = exp.scores(model)
-            scores[budget].setdefault("blind", {})[seed] = exp.blind(budget)
-            if seed == 0:
+                budget_scores.setdefault(row, {})[seed] = exp.scores(model)
+            budget_scores.setdefault("blind", {})[seed] = exp.blind(budget)
+            if seed == 0 and "teacher" in models:
                 curves[f"teacher b{budget}"] = exp.curve(models["teacher"])
                 if "H" in models:
                     curves[f"H b{budget}"] = exp.curve(models["H"])
