@@ -2,7 +2,7 @@
 
 In one run, on the same images (../shared/data/photos, else scikit-image's sample photos) and the
 same random-weight model (Depth Anything ``tiny`` and ``vits`` presets at 518, the tiny model of every
-transformers depth architecture of ``distill.architectures`` at its own processor's size, and a
+transformers depth architecture of ``distill.tiny_models`` at its own processor's size, and a
 two-teacher job: Depth Anything + GLPN):
 
 1. images/s of a loop over ``transformers.pipeline("depth-estimation")``, the way most users label;
@@ -198,7 +198,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "vits"])
     parser.add_argument("--architectures", nargs="*", default=None,
-                        help="rows of tiny random models of these transformers architectures (distill.architectures; "
+                        help="rows of tiny random models of these transformers architectures (distill.registry.TINY; "
                              "default: all) and one row of two teachers (Depth Anything + GLPN)")
     parser.add_argument("--batch-size", type=int, default=1, help="the job's batch size (on this CPU 1 is the fastest)")
     parser.add_argument("--workers", type=int, default=2)
@@ -224,7 +224,8 @@ def main():
         for preset in args.presets:
             torch.manual_seed(0)
             model_dirs[preset] = save_model(build_model(preset), os.path.join(tmp, f"model_{preset}"))
-        from distill.architectures import TINY, save_tiny  # noqa: PLC0415
+        from distill.registry import TINY
+        from distill.tiny_models import save_tiny  # noqa: PLC0415
 
         architectures = list(TINY) if args.architectures is None else args.architectures
         for arch in architectures:

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill import models  # noqa: E402
+from distill import models, registry  # noqa: E402
 from distill.config import parse_cli  # noqa: E402
 from distill.preprocessing import inference_size, multiple_of  # noqa: E402
 from distill.spaces import RELATIVE_DISPARITY  # noqa: E402
@@ -33,7 +33,7 @@ LARGE = ("vitb", "vitl", "vitg")
 
 @dataclass
 class StudentInferenceConfig:
-    presets: list[str] = field(default_factory=lambda: [name for name in models.PRESETS if name not in LARGE])
+    presets: list[str] = field(default_factory=lambda: [name for name in registry.PRESETS if name not in LARGE])
     sizes: list[int] = field(default_factory=lambda: [518, 256])
     threads: int = 2
     warmup: int = 2
@@ -66,11 +66,11 @@ def main(argv=None) -> int:
     for preset in args.presets:
         torch.manual_seed(0)
         model = models.build_model(preset, RELATIVE_DISPARITY).eval()
-        multiple = models.size_multiple(model.config)
+        multiple = registry.size_multiple(model.config)
         cells = [preset, type(model).__name__.removesuffix("ForDepthEstimation"),
                  f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}"]
         for size in args.sizes:
-            if models.get_preset(preset).arch == "dpt_hybrid":  # one square size, a multiple of 32, per model
+            if registry.get_preset(preset).family == "dpt_hybrid":  # one square size, a multiple of 32, per model
                 h = w = multiple_of(size, 32)
                 model = models.build_model(preset, RELATIVE_DISPARITY, input_size=h).eval()
             else:

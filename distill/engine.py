@@ -34,8 +34,8 @@ from distill.config import ConfigError, save_config, to_dict
 from distill.data.loading import DataConfig, build_train_loader, build_val_sets
 from distill.evaluation import evaluate_samples, read_samples
 from distill.metrics import METRIC_NAMES
-from distill.models import (build_model, default_preprocessing, freeze_unused_parameters, load_preprocessing,
-                            model_config, resolve_model, resolve_reference, save_model)
+from distill.models import build_model, freeze_unused_parameters, load_preprocessing, resolve_model, resolve_reference, save_model
+from distill.registry import input_rule, model_config
 from distill.preprocessing import DEFAULT, INPUT_SIZE, Preprocessing
 from distill.spaces import OutputSpace
 
@@ -46,7 +46,7 @@ TRAINING_HEADS = "training_heads."
 
 @dataclass
 class ModelConfig:
-    preset: str = "tiny"  # a name of distill.models.PRESETS: Depth Anything (tiny, vits...), dpt-*, glpn-*
+    preset: str = "tiny"  # a name of distill.registry.PRESETS: Depth Anything (tiny, vits...), dpt-*, glpn-*
     dinov2: str | None = None  # encoder init: DINOv2 hub id or directory (decoder random)
     init_from: str | None = None  # or a whole depth model in transformers format
     max_depth: int | None = None  # metric/GP2 head unit; default per output space
@@ -121,7 +121,7 @@ def model_preprocessing(cfg: ModelConfig, input_size: int | None = None) -> Prep
     the Depth Anything / DINOv2 defaults (ImageNet mean/std) at the preset's size multiple."""
     if cfg.init_from:
         return load_preprocessing(resolve_reference(cfg.init_from))
-    return default_preprocessing(model_config(cfg.preset, input_size=input_size))
+    return input_rule(model_config(cfg.preset, input_size=input_size))
 
 
 # Parameter names (fnmatch patterns) without weight decay, besides all 1-d ones (norms, biases).

@@ -42,26 +42,12 @@ from dataclasses import dataclass, field
 
 from distill.config import ConfigError, parse_cli, run_main
 from distill.metrics import METRIC_NAMES
-from distill.models import PRESETS, quiet_transformers, resolve_model, save_model
+from distill.models import quiet_transformers, resolve_model, save_model
+from distill.registry import PRESETS, WEIGHTS, weights_licence
 from distill.preprocessing import INPUT_SIZE
 from distill.spaces import OutputSpace
 
 DEFAULT_LICENSE = "apache-2.0"
-# Licences of the weights a release may derive from (docs/RECIPE.md: Depth Anything V2 Small Apache-2.0,
-# Base/Large/Giant CC-BY-NC-4.0; DINOv2 Apache-2.0).
-KNOWN_LICENSES = {
-    "facebook/dinov2-small": "apache-2.0",
-    "facebook/dinov2-base": "apache-2.0",
-    "facebook/dinov2-large": "apache-2.0",
-    "facebook/dinov2-giant": "apache-2.0",
-    "depth-anything/Depth-Anything-V2-Small": "apache-2.0",
-    "depth-anything/Depth-Anything-V2-Small-hf": "apache-2.0",
-    "depth-anything/Depth-Anything-V2-Base": "cc-by-nc-4.0",
-    "depth-anything/Depth-Anything-V2-Base-hf": "cc-by-nc-4.0",
-    "depth-anything/Depth-Anything-V2-Large": "cc-by-nc-4.0",
-    "depth-anything/Depth-Anything-V2-Large-hf": "cc-by-nc-4.0",
-    "depth-anything/Depth-Anything-V2-Giant": "cc-by-nc-4.0",
-}
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RELEASE_FILES = {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "training_config.yaml",
                  "evaluation", "onnx"}
@@ -75,22 +61,9 @@ class ReleaseError(ConfigError):
 
 
 # ------------------------------------------------------------------------------------- licence
-def license_of(model_id: str) -> str | None:
-    """The known licence of a base model's weights (None where unknown)."""
-    if model_id in KNOWN_LICENSES:
-        return KNOWN_LICENSES[model_id]
-    low = model_id.lower()
-    if "depth-anything-v2" in low or "depth_anything_v2" in low:
-        if any(size in low for size in ("base", "large", "giant", "vitb", "vitl", "vitg")):
-            return "cc-by-nc-4.0"
-        if "small" in low or "vits" in low:
-            return "apache-2.0"
-    return None
-
-
 def choose_license(requested: str | None, base_models: list[str]) -> tuple[str, list[str]]:
     """(licence, warnings): refuses the default for a CC-BY-NC base model unless one is requested."""
-    restricted = [(b, license_of(b)) for b in base_models if (license_of(b) or "").startswith("cc-by-nc")]
+    restricted = [(b, weights_licence(b)) for b in base_models if (weights_licence(b) or "").startswith("cc-by-nc")]
     if restricted and requested is None:
         b, lic = restricted[0]
         raise ReleaseError(f"base model {b} is licensed {lic}: a derived release cannot default to "
@@ -101,8 +74,8 @@ def choose_license(requested: str | None, base_models: list[str]) -> tuple[str, 
 
 
 def default_base_models(model: str) -> list[str]:
-    """A hub id is its own base; a checkpoint of this project starts from its preset's DINOv2 (read
-    from its config.json, so that a licence problem shows before any weights are loaded)."""
+    """A hub id is its own base; a checkpoint of this project starts from its preset's source weights
+    (read from its config.json, so that a licence problem shows before any weights are loaded)."""
     if not os.path.isdir(model):
         return [model]
     try:
@@ -110,7 +83,8 @@ def default_base_models(model: str) -> list[str]:
     except (OSError, ValueError):
         return []
     preset = PRESETS.get(config.get("preset") or "") if isinstance(config, dict) else None
-    return [preset.dinov2] if preset is not None and preset.dinov2 else []
+    source = WEIGHTS.get(preset.weights) if preset is not None else None
+    return [source.id] if source is not None and source.on_hub else []
 
 
 # ------------------------------------------------------------------------------ evaluation files

@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from distill.losses import feature_alignment_loss, gradient_matching_loss, ssi_loss, uts_loss
-from distill.models import encoder_of, size_multiple
+from distill.models import encoder_of
+from distill.registry import size_multiple
 from distill.preprocessing import DEFAULT, Preprocessing, fixed_input_size, multiple_of
 from distill.spaces import OutputSpace, convert
 from student.config import StudentObjectiveConfig

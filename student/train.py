@@ -19,7 +19,8 @@ from distill.config import ConfigError, parse_cli, run_main
 from distill.data.loading import build_dataset
 from distill.data.transforms import TrainTransform
 from distill.engine import make_model, model_preprocessing, train
-from distill.models import encoder_of, load_frozen_reference, reference_preprocessing, resolve_model, resolve_reference
+from distill.frozen_reference import load_frozen_reference, reference_preprocessing
+from distill.models import encoder_of, resolve_model, resolve_reference
 from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY, OutputSpace
 from student.config import StudentConfig
 from student.objective import StudentObjective, attach_feature_projection

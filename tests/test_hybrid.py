@@ -9,7 +9,7 @@ import skimage.data
 import torch
 from PIL import Image
 
-from distill import models, prior
+from distill import frozen_reference, models, prior
 from distill.config import ConfigError, load_config
 from distill.data.shards import ShardReader
 from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY
@@ -119,9 +119,9 @@ def test_hybrid_teacher_labels_equal_the_model_through_its_own_processor(tmp_pat
 
 
 def test_the_prior_as_frozen_reference():
-    frozen = models.load_frozen_reference("efficientnet-lite0")
+    frozen = frozen_reference.load_frozen_reference("efficientnet-lite0")
     assert frozen.channels == [112] and not any(p.requires_grad for p in frozen.parameters())
-    assert models.reference_preprocessing("efficientnet-lite0", frozen.config).mean == (0.5, 0.5, 0.5)
+    assert frozen_reference.reference_preprocessing("efficientnet-lite0", frozen.config).mean == (0.5, 0.5, 0.5)
     expected = prior.prior_state_dict("efficientnet-lite0")
     assert all(torch.equal(v, expected[k]) for k, v in frozen._backbone.state_dict().items())
 

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForDepthEstimation, Dinov2Config, Dinov2Model, pipeline
 
-from distill import models
+from distill import frozen_reference, models, original_checkpoints, registry
 from distill.spaces import DEPTH_UP_TO_SCALE, METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
 
 
@@ -19,7 +19,7 @@ def test_preset_parameter_counts(preset, millions):
     with torch.device("meta"):  # no memory, no init: cheap even for ViT-G
         model = models.build_model(preset)
     assert sum(p.numel() for p in model.parameters()) / 1e6 == pytest.approx(millions, abs=0.05)
-    p = models.PRESETS[preset]
+    p = registry.PRESETS[preset]
     cfg = model.config
     assert (cfg.backbone_config.hidden_size, cfg.backbone_config.num_hidden_layers) == (p.hidden_size, p.num_layers)
     assert cfg.backbone_config.out_indices == list(p.tapped_layers)
@@ -58,7 +58,7 @@ def test_save_load_pipeline_round_trip(tmp_path):
     assert pre["image_mean"] == pytest.approx([0.485, 0.456, 0.406]) and pre["resample"] == 3
 
     loaded = AutoModelForDepthEstimation.from_pretrained(tmp_path).eval()
-    assert models.output_space_of(loaded.config) == DEPTH_UP_TO_SCALE
+    assert registry.output_space_of(loaded.config) == DEPTH_UP_TO_SCALE
     x = tiny_input()
     with torch.no_grad():
         assert torch.equal(model(x).predicted_depth, loaded(x).predicted_depth)
@@ -75,7 +75,7 @@ def test_save_load_pipeline_round_trip(tmp_path):
 
 
 def test_init_from_dinov2_directory(tmp_path):
-    p = models.PRESETS["tiny"]
+    p = registry.PRESETS["tiny"]
     dinov2 = Dinov2Model(
         Dinov2Config(hidden_size=p.hidden_size, num_hidden_layers=p.num_layers, num_attention_heads=p.num_heads, image_size=518)
     )
@@ -88,7 +88,7 @@ def test_init_from_dinov2_directory(tmp_path):
     other = models.build_model("tiny", dinov2=str(tmp_path / "dinov2"))
     assert not torch.equal(model.head.conv3.weight, other.head.conv3.weight)
     # a frozen reference encoder for feature alignment loads from the same directory
-    frozen = models.load_frozen_reference(str(tmp_path / "dinov2"))
+    frozen = frozen_reference.load_frozen_reference(str(tmp_path / "dinov2"))
     assert torch.equal(frozen.state_dict()["layernorm.weight"], dinov2.state_dict()["layernorm.weight"])
     assert not any(p.requires_grad for p in frozen.parameters())
     with pytest.raises(ValueError, match="preset 'vits'"):
@@ -99,12 +99,12 @@ def test_init_from_transformers_checkpoint(tmp_path):
     teacher = models.build_model("tiny", RELATIVE_DISPARITY).eval()
     teacher.save_pretrained(tmp_path / "released")  # like a released model: no output-space fields
     loaded = models.load_depth_model(str(tmp_path / "released")).eval()
-    assert models.output_space_of(loaded.config) == RELATIVE_DISPARITY  # implied by the ReLU head
+    assert registry.output_space_of(loaded.config) == RELATIVE_DISPARITY  # implied by the ReLU head
     x = tiny_input(1)
     with torch.no_grad():
         assert torch.equal(teacher(x).predicted_depth, loaded(x).predicted_depth)
     metric = models.load_depth_model(str(tmp_path / "released"), output_space=METRIC_DEPTH)
-    assert models.output_space_of(metric.config) == METRIC_DEPTH
+    assert registry.output_space_of(metric.config) == METRIC_DEPTH
 
 
 def original_state_dict(model) -> dict:
@@ -160,7 +160,7 @@ def test_init_from_original_depth_anything_pth(tmp_path):
     # every transformers tensor is covered; q, k, v (weight and bias) are fused into qkv per layer
     assert len(state) == len(reference.state_dict()) - 4 * reference.config.backbone_config.num_hidden_layers
     torch.save(state, tmp_path / "depth_anything_v2_tiny.pth")
-    model = models.load_original_checkpoint(tmp_path / "depth_anything_v2_tiny.pth", "tiny").eval()
+    model = original_checkpoints.load_original_checkpoint(tmp_path / "depth_anything_v2_tiny.pth", "tiny").eval()
     x = tiny_input(2)
     with torch.no_grad():
         assert torch.allclose(model(x).predicted_depth, reference(x).predicted_depth)
@@ -168,26 +168,26 @@ def test_init_from_original_depth_anything_pth(tmp_path):
     from safetensors.torch import save_file
 
     save_file({f"module.{k}": v.contiguous() for k, v in state.items()}, tmp_path / "w.safetensors")
-    again = models.load_original_checkpoint(tmp_path / "w.safetensors", "tiny").eval()
+    again = original_checkpoints.load_original_checkpoint(tmp_path / "w.safetensors", "tiny").eval()
     with torch.no_grad():
         assert torch.allclose(again(x).predicted_depth, reference(x).predicted_depth)
 
 
 def test_original_checkpoint_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
-        models.load_original_checkpoint(tmp_path / "missing.pth", "tiny")
+        original_checkpoints.load_original_checkpoint(tmp_path / "missing.pth", "tiny")
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="junk.pth"):
-        models.load_original_checkpoint(tmp_path / "junk.pth", "tiny")
+        original_checkpoints.load_original_checkpoint(tmp_path / "junk.pth", "tiny")
     state = original_state_dict(models.build_model("tiny"))
     torch.save(state, tmp_path / "tiny.pth")
     with pytest.raises(ValueError, match="does not fit preset 'vits'"):
-        models.load_original_checkpoint(tmp_path / "tiny.pth", "vits")
+        original_checkpoints.load_original_checkpoint(tmp_path / "tiny.pth", "vits")
 
 
 def test_swiglu_weights_split_into_gate_and_up():
     w12 = torch.arange(8.0).reshape(4, 2)  # rows 0-1: gate, rows 2-3: up
-    out = models.convert_original_state_dict({"pretrained.blocks.3.mlp.w12.weight": w12, "pretrained.blocks.3.mlp.w3.bias": torch.ones(2)})
+    out = original_checkpoints.convert_original_state_dict({"pretrained.blocks.3.mlp.w12.weight": w12, "pretrained.blocks.3.mlp.w3.bias": torch.ones(2)})
     assert torch.equal(out["backbone.encoder.layer.3.mlp.gate_proj.weight"], w12[:2])
     assert torch.equal(out["backbone.encoder.layer.3.mlp.up_proj.weight"], w12[2:])
     assert torch.equal(out["backbone.encoder.layer.3.mlp.down_proj.bias"], torch.ones(2))

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from transformers import DPTImageProcessor
 
-from distill import models
+from distill import models, registry
 from distill.config import ConfigError
 from distill.preprocessing import DEFAULT, Preprocessing, inference_size, resize_for_inference
 from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY
@@ -40,7 +40,7 @@ def test_normalisation_equals_the_processors_own(kwargs):
 
 def test_size_multiple_from_the_processor_or_the_patch_size():
     assert Preprocessing.from_image_processor(processor(ensure_multiple_of=32)).multiple == 32
-    config = models.model_config("tiny")
+    config = registry.model_config("tiny")
     assert Preprocessing.from_image_processor(processor(ensure_multiple_of=1), config).multiple == 14
     assert DEFAULT.mean == (0.485, 0.456, 0.406) and DEFAULT.multiple == 14
     assert inference_size(480, 640, 518, 32) == (544, 704) and resize_for_inference(np.zeros((48, 64, 3), np.uint8), 28, 32).shape == (32, 32, 3)

@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from distill import models
 from distill import hub as R
+from distill.registry import weights_licence
 from distill.spaces import RELATIVE_DISPARITY
 from hub_server import FakeHub
 
@@ -102,9 +103,9 @@ def test_dry_run_builds_release_folder_and_card(tiny_model, eval_files, tmp_path
 
 
 def test_licence_rules(tiny_model, tmp_path, capsys):
-    assert R.license_of("depth-anything/Depth-Anything-V2-Large-hf") == "cc-by-nc-4.0"
-    assert R.license_of("depth-anything/Depth-Anything-V2-Small-hf") == "apache-2.0"
-    assert R.license_of("facebook/dinov2-base") == "apache-2.0" and R.license_of("someone/else") is None
+    assert weights_licence("depth-anything/Depth-Anything-V2-Large-hf") == "cc-by-nc-4.0"
+    assert weights_licence("depth-anything/Depth-Anything-V2-Small-hf") == "apache-2.0"
+    assert weights_licence("facebook/dinov2-base") == "apache-2.0" and weights_licence("someone/else") is None
     assert R.choose_license(None, ["facebook/dinov2-small"]) == ("apache-2.0", [])
     lic, warnings = R.choose_license("mit", ["depth-anything/Depth-Anything-V2-Base-hf"])
     assert lic == "mit" and "cc-by-nc-4.0" in warnings[0]

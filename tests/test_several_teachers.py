@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.architectures import save_tiny
+from distill.tiny_models import save_tiny
 from distill.config import load_config
 from distill.data.sample import SampleError
 from distill.data.shards import ShardReader, choose_teacher

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill import models
+from distill.preprocessing import PATCH_SIZE
+from distill import frozen_reference, models
 from distill.spaces import DEPTH_UP_TO_SCALE
 from student.config import PerturbConfig, StudentObjectiveConfig
 from student.objective import FinalFeatures, StudentObjective, attach_feature_projection
@@ -123,14 +124,14 @@ def wider_dinov2(path, hidden_size=48):
 
     torch.manual_seed(1)
     Dinov2Model(Dinov2Config(hidden_size=hidden_size, num_hidden_layers=3, num_attention_heads=4, intermediate_size=96,
-                             patch_size=models.PATCH_SIZE, image_size=518)).save_pretrained(path)
+                             patch_size=PATCH_SIZE, image_size=518)).save_pretrained(path)
     return path
 
 
 def test_feature_projection_for_a_frozen_reference_of_another_width(tmp_path):
     torch.manual_seed(0)
     model = models.build_model("tiny", DEPTH_UP_TO_SCALE)
-    frozen = models.load_frozen_reference(str(wider_dinov2(tmp_path / "dinov2")))
+    frozen = frozen_reference.load_frozen_reference(str(wider_dinov2(tmp_path / "dinov2")))
     assert attach_feature_projection(model, frozen)
     projection = model.training_heads["feature_projection"]
     assert (projection.in_features, projection.out_features) == (model.config.backbone_config.hidden_size, 48)
@@ -150,7 +151,7 @@ def test_frozen_reference_from_a_depth_models_encoder(tmp_path):
     torch.manual_seed(0)
     teacher = models.build_model("tiny", DEPTH_UP_TO_SCALE).eval()
     models.save_model(teacher, tmp_path / "teacher" / "final")
-    frozen = models.load_frozen_reference(str(tmp_path / "teacher"))  # the run resolves to final/
+    frozen = frozen_reference.load_frozen_reference(str(tmp_path / "teacher"))  # the run resolves to final/
     assert not any(p.requires_grad for p in frozen.parameters()) and not frozen.training
     x = torch.randn(1, 3, 28, 42)
     with torch.no_grad():
@@ -160,7 +161,7 @@ def test_frozen_reference_from_a_depth_models_encoder(tmp_path):
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "config.json").write_text(json.dumps({"model_type": "bert"}))
     with pytest.raises(models.ModelError, match="DINOv2"):
-        models.load_frozen_reference(str(tmp_path / "other"))
+        frozen_reference.load_frozen_reference(str(tmp_path / "other"))
 
 
 def test_online_student_run(tmp_path):
@@ -213,7 +214,7 @@ def _projection_grads_under_ddp(rank: int, world: int, port: int, out: str):
     torch.manual_seed(0)  # the same weights on both ranks
     model = models.build_model("tiny", DEPTH_UP_TO_SCALE)
     models.freeze_unused_parameters(model)
-    frozen = models.load_frozen_reference(out + "/dinov2")
+    frozen = frozen_reference.load_frozen_reference(out + "/dinov2")
     attach_feature_projection(model, frozen)
     ddp = DistributedDataParallel(model)
     objective = StudentObjective(StudentObjectiveConfig(perturb=PerturbConfig(enabled=False)), DEPTH_UP_TO_SCALE,

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import pipeline
 
-from distill import models
+from distill import frozen_reference, models, registry
 from distill.spaces import RELATIVE_DISPARITY
 from student.config import PerturbConfig, StudentObjectiveConfig
 from student.objective import FinalFeatures, StudentObjective, attach_feature_projection
@@ -70,13 +70,13 @@ def reference(kind, model, tmp_path):
         with torch.no_grad():  # the student drifts from its initial encoder as it trains
             for p in models.encoder_of(model).parameters():
                 p.add_(0.05 * torch.randn_like(p))
-        return frozen, models.default_preprocessing(model.config)
+        return frozen, registry.input_rule(model.config)
     if kind == "prior":  # the offline ImageNet EfficientNet-Lite0: its stride-16 map, 112 channels
         ref = "efficientnet-lite0"
     else:
         ref = str(wider_dinov2(tmp_path / "dinov2") if kind == "dinov2" else teacher_run(tmp_path / "teacher"))
-    frozen = models.load_frozen_reference(ref)
-    return frozen, models.reference_preprocessing(ref, frozen.config)
+    frozen = frozen_reference.load_frozen_reference(ref)
+    return frozen, frozen_reference.reference_preprocessing(ref, frozen.config)
 
 
 @pytest.mark.parametrize("preset, kind, grids, projected", [
@@ -92,7 +92,7 @@ def test_feature_alignment_across_architectures(tmp_path, preset, kind, grids, p
     model = models.build_model(preset, RELATIVE_DISPARITY, input_size=64)
     frozen, frozen_preprocessing = reference(kind, model, tmp_path)
     assert attach_feature_projection(model, frozen) == projected
-    preprocessing = models.default_preprocessing(model.config)
+    preprocessing = registry.input_rule(model.config)
     objective = StudentObjective(StudentObjectiveConfig(feature_margin=0.0, perturb=PerturbConfig(enabled=False)),
                                  RELATIVE_DISPARITY, pseudo_group=0, frozen_encoder=frozen,
                                  preprocessing=preprocessing, frozen_preprocessing=frozen_preprocessing)

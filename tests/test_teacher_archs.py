@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from distill.architectures import TINY, save_tiny
 from distill.config import load_config
 from distill.data.shards import ShardReader
-from distill.models import ARCHITECTURE_SPACES, ModelError, resolve_model
+from distill.models import ModelError, resolve_model
+from distill.registry import FAMILIES, TINY
+from distill.tiny_models import save_tiny
 from pseudolabel.config import PseudolabelConfig
 from pseudolabel.job import JobError, run
 
@@ -58,8 +59,8 @@ def test_labels_equal_the_model_through_its_own_processor(model_type, corpus, tm
     assert manifest["labeled"] == len(SIZES) and manifest["skipped"] == 0
     space = resolve_model(model_dir).output_space
     assert (manifest["space"], manifest["geometry"]) == (space.space, space.geometry)
-    if model_type in ARCHITECTURE_SPACES:
-        assert space == ARCHITECTURE_SPACES[model_type]
+    if FAMILIES[model_type].output_space is not None:
+        assert space == FAMILIES[model_type].output_space
     reader = ShardReader(out)
     for i in range(len(reader)):
         s = reader[i]

@@ -1,9 +1,7 @@
-"""Tiny random-weight models of every depth architecture of transformers, each saved with its own
-image processor: what tests and benchmarks label with (no hub here), and a dry run of a labeling
-setup for users (``save_tiny(name, dir)`` then ``distill/pseudolabel.py --teacher dir``).
-
-``TINY`` maps a ``model_type`` to a builder; ``prompt_depth_anything`` is left out on purpose: it
-cannot label plain images (``distill.models.UNSERVABLE``).
+"""Tiny random-weight models of every depth family of the registry (``distill.registry.FAMILIES``
+names its builder here), each saved with its own image processor: what tests and benchmarks label
+with (no hub here), and a dry run of a labeling setup for users (``save_tiny(name, dir)`` then
+``distill/pseudolabel.py --teacher dir``).
 """
 from __future__ import annotations
 
@@ -18,7 +16,7 @@ def _dinov2(size: int, patch: int = 14, **kwargs):
     return Dinov2Config(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, image_size=size, patch_size=patch, **kwargs)
 
 
-def _depth_anything():
+def depth_anything():
     from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation  # noqa: PLC0415
 
     from distill.models import image_processor  # noqa: PLC0415
@@ -29,7 +27,7 @@ def _depth_anything():
     return DepthAnythingForDepthEstimation(config), image_processor(70)
 
 
-def _dpt():
+def dpt():
     from transformers import DPTConfig, DPTForDepthEstimation, DPTImageProcessor  # noqa: PLC0415
 
     config = DPTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
@@ -40,7 +38,18 @@ def _dpt():
                                                             image_mean=[0.5] * 3, image_std=[0.5] * 3)
 
 
-def _glpn():
+def dpt_hybrid():
+    from transformers import DPTForDepthEstimation  # noqa: PLC0415
+
+    from distill.models import image_processor  # noqa: PLC0415
+    from distill.registry import FAMILIES, HybridPreset, input_rule  # noqa: PLC0415
+
+    preset = HybridPreset("tf_efficientnet_lite0", None, hidden_size=32, num_heads=2, fusion_hidden_size=16)
+    config = FAMILIES["dpt_hybrid"].build_config(preset, {}, {}, None, 64)
+    return DPTForDepthEstimation(config), image_processor(64, input_rule(config))
+
+
+def glpn():
     from transformers import GLPNConfig, GLPNForDepthEstimation, GLPNImageProcessor  # noqa: PLC0415
 
     config = GLPNConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1], num_attention_heads=[1, 1, 1, 1],
@@ -48,7 +57,7 @@ def _glpn():
     return GLPNForDepthEstimation(config), GLPNImageProcessor()  # no resize: sides floored to multiples of 32
 
 
-def _zoedepth():
+def zoedepth():
     from transformers import BeitConfig, ZoeDepthConfig, ZoeDepthForDepthEstimation, ZoeDepthImageProcessor  # noqa: PLC0415
 
     backbone = BeitConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, image_size=64,
@@ -62,7 +71,7 @@ def _zoedepth():
     return ZoeDepthForDepthEstimation(config), ZoeDepthImageProcessor(size={"height": 64, "width": 96})
 
 
-def _depth_pro():
+def depth_pro():
     from transformers import DepthProConfig, DepthProForDepthEstimation, DepthProImageProcessor  # noqa: PLC0415
 
     sub = _dinov2(64, patch=16)
@@ -73,7 +82,7 @@ def _depth_pro():
     return DepthProForDepthEstimation(config), DepthProImageProcessor(size={"height": 256, "width": 256})
 
 
-def _chmv2():
+def chmv2():
     from transformers import CHMv2Config, CHMv2ForDepthEstimation, CHMv2ImageProcessor, DINOv3ViTConfig  # noqa: PLC0415
 
     backbone = DINOv3ViTConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=16,
@@ -84,7 +93,7 @@ def _chmv2():
     return CHMv2ForDepthEstimation(config), CHMv2ImageProcessor()
 
 
-def _tipsv2_dpt():
+def tipsv2_dpt():
     from transformers import Tipsv2DptConfig, Tipsv2DptForDepthEstimation, Tipsv2DptImageProcessor  # noqa: PLC0415
     from transformers.models.tipsv2.configuration_tipsv2 import Tipsv2VisionConfig  # noqa: PLC0415
 
@@ -94,32 +103,25 @@ def _tipsv2_dpt():
     return Tipsv2DptForDepthEstimation(config), Tipsv2DptImageProcessor(size={"height": 56, "width": 56})
 
 
-TINY = {
-    "depth_anything": _depth_anything,
-    "dpt": _dpt,
-    "glpn": _glpn,
-    "zoedepth": _zoedepth,
-    "depth_pro": _depth_pro,
-    "chmv2": _chmv2,
-    "tipsv2_dpt": _tipsv2_dpt,
-}
-
-
 GAIN = {"depth_pro": 1.0}  # Depth Pro's inverse depth already varies; larger weights saturate its clamp
+# A timm CNN's BatchNorms pass a gain on through every block until float32 rounding decides the output
+NO_GAIN = "dpt.embeddings.backbone."
 
 
-def save_tiny(model_type: str, out_dir: str | os.PathLike, seed: int = 0) -> str:
-    """Build the tiny ``model_type`` model (random weights, seeded) and save it with its processor."""
-    if model_type not in TINY:
-        raise ValueError(f"no tiny builder for {model_type!r}; known: {', '.join(TINY)}")
+def save_tiny(family: str, out_dir: str | os.PathLike, seed: int = 0) -> str:
+    """Build the tiny model of a registry family (random weights, seeded) and save it with its processor."""
+    from distill.registry import TINY  # noqa: PLC0415
+
+    if family not in TINY:
+        raise ValueError(f"no tiny builder for {family!r}; known: {', '.join(TINY)}")
     torch.manual_seed(seed)
-    model, processor = TINY[model_type]()
+    model, processor = TINY[family]()
     with torch.no_grad():
         # At transformers' initialisation a tiny model's depth barely depends on the image (a parity
         # test could not tell resize rules apart): larger weights make it vary across the image.
         for name, p in model.named_parameters():
-            if p.ndim >= 2:
-                p.mul_(GAIN.get(model_type, 6.0))
+            if p.ndim >= 2 and not name.startswith(NO_GAIN):
+                p.mul_(GAIN.get(family, 6.0))
             if name.endswith(("head.conv3.bias", "head.head.4.bias")):  # ReLU heads: start on the active side
                 p.fill_(1.0)
     os.makedirs(out_dir, exist_ok=True)
