@@ -132,7 +132,8 @@ def terminate(proc, timeout: float = 120) -> str:
 
 
 def resumed_start(teacher: str, inputs: str, out: str, shard_size: int, units: int, seed: int = 0) -> dict:
-    from distill.data.shards import index_path, write_atomic  # noqa: PLC0415
+    from distill.data.shards import index_path  # noqa: PLC0415
+    from distill.runtime import write_atomic  # noqa: PLC0415
     from pseudolabel.inputs import shard_name  # noqa: PLC0415
 
     # one unit labeled for real

@@ -257,11 +257,9 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg, path: str | os.PathLike) -> None:
     """Write the resolved config as YAML (tuples as lists), atomically."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        yaml.safe_dump(_plain(to_dict(cfg)), f, sort_keys=False)
-    os.replace(tmp, path)
+    from distill.runtime import write_atomic  # noqa: PLC0415
+
+    write_atomic(path, yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
 
 
 def _plain(x):

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from distill.config import ConfigError, parse_cli, run_main
 from distill.models import image_processor, quiet_transformers, resolve_model
 from distill.preprocessing import Preprocessing
+from distill.runtime import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_PHOTOS = ROOT.parent / "shared" / "data" / "photos"
@@ -112,9 +113,8 @@ def export_onnx(model, path: str | os.PathLike, multiple: int, precision: str = 
         program = torch.onnx.export(wrapped, (example,), dynamo=True, opset_version=opset, verbose=False,
                                     input_names=["pixel_values"], output_names=["predicted_depth"],
                                     dynamic_shapes=shapes)
-    tmp = f"{path}.tmp"
-    program.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        program.save(tmp)
 
 
 def check_images(paths: list[str]) -> list[tuple[str, np.ndarray]]:

@@ -18,7 +18,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Literal
@@ -34,9 +33,17 @@ from distill.config import ConfigError, save_config, to_dict
 from distill.data.loading import DataConfig, build_train_loader, build_val_sets
 from distill.evaluation import evaluate_samples, read_samples
 from distill.metrics import METRIC_NAMES
-from distill.models import build_model, freeze_unused_parameters, load_preprocessing, resolve_model, resolve_reference, save_model
-from distill.registry import input_rule, model_config
+from distill.models import (
+    build_model,
+    freeze_unused_parameters,
+    load_preprocessing,
+    resolve_model,
+    resolve_reference,
+    save_model,
+)
 from distill.preprocessing import DEFAULT, INPUT_SIZE, Preprocessing
+from distill.registry import input_rule, model_config
+from distill.runtime import StopSignals, unwrap_model
 from distill.spaces import OutputSpace
 
 # Submodules a stage adds under ``model.training_heads`` (the student's feature projection) are
@@ -296,26 +303,6 @@ def remove_earlier_run(output_dir: str) -> None:
             os.remove(os.path.join(output_dir, name))
 
 
-class _Preemption:
-    """SIGTERM (and SIGINT) set a flag; the loop checkpoints and exits at the end of the step."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
-
-    def _handle(self, signum, frame):
-        self.requested = True
-
-    def restore(self):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
 def to_device(batch: dict, device) -> dict:
     return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
 
@@ -382,8 +369,7 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
 
 def bare_model(accelerator: Accelerator, model):
     """The model without its DDP/DeepSpeed and torch.compile wrappers."""
-    unwrapped = accelerator.unwrap_model(model)
-    return getattr(unwrapped, "_orig_mod", unwrapped)
+    return unwrap_model(accelerator.unwrap_model(model))
 
 
 def make_ema(accelerator: Accelerator, model, cfg: OptimConfig) -> ModelEmaV3 | None:
@@ -507,7 +493,7 @@ def optimizer_step(run: Run, cfg: TrainConfig, objective: Callable, data_iter, b
     return loss_sum, loss, logs
 
 
-def preemption_requested(run: Run, preemption: "_Preemption") -> bool:
+def preemption_requested(run: Run, preemption: StopSignals) -> bool:
     """Whether any rank got SIGTERM/SIGINT (a collective only when there are several ranks)."""
     if run.accelerator.num_processes == 1:
         return preemption.requested
@@ -519,7 +505,7 @@ def train_loop(run: Run, cfg: TrainConfig, objective: Callable, output_space: Ou
     """Steps to ``max_steps`` with logging, validation and checkpoints; returns False when a
     preemption stopped it first (after writing a checkpoint)."""
     accelerator = run.accelerator
-    preemption, bad = _Preemption(), BadSamples(cfg, accelerator.process_index)
+    preemption, bad = StopSignals(), BadSamples(cfg, accelerator.process_index)
     progress = tqdm(total=cfg.max_steps, initial=run.step, disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     data_iter = iter(run.loader)
     window_loss, window_micro, window_start = 0.0, 0, time.perf_counter()

@@ -60,8 +60,8 @@ one line on stderr, exit code 2 (``distill.config.run_main``).
 from __future__ import annotations
 
 import contextlib
-import functools
 import csv
+import functools
 import json
 import math
 import os
@@ -76,7 +76,14 @@ import torch.nn.functional as TF
 
 from distill.config import ConfigError, parse_cli, run_main
 from distill.data import formats as F
-from distill.data.readers import DIODEReader, ETH3DReader, FolderReader, KITTIReader, NYUReader, SintelReader
+from distill.data.readers import (
+    DIODEReader,
+    ETH3DReader,
+    FolderReader,
+    KITTIReader,
+    NYUReader,
+    SintelReader,
+)
 from distill.data.sample import SampleError
 from distill.metrics import (
     BENCHMARK_CROP,
@@ -90,6 +97,7 @@ from distill.metrics import (
     protocol_depth,
 )
 from distill.preprocessing import DEFAULT, INPUT_SIZE, Preprocessing
+from distill.runtime import first_line
 from distill.spaces import OutputSpace, to_depth
 from distill.visualisation import save_depth_visuals, save_pair_visuals
 
@@ -468,7 +476,7 @@ def run(args: EvaluateConfig) -> dict:
         try:
             reader = DEPTH_BENCHMARKS[args.benchmark](args.data_root)
         except (FileNotFoundError, ValueError, KeyError) as err:
-            raise EvalError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+            raise EvalError(first_line(err)) from None
     else:
         load_da2k(args.data_root)  # fail on a bad annotation file before loading the model
     resolved = resolve_model(args.model, override, preset=args.preset)

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 from transformers import AutoConfig, Dinov2Backbone, Dinov2Config
 
-from distill.models import ModelError, encoder_of, load_cnn_weights, load_depth_model, load_preprocessing, resolve_reference
+from distill.models import (
+    ModelError,
+    encoder_of,
+    load_cnn_weights,
+    load_depth_model,
+    load_preprocessing,
+    resolve_reference,
+)
 from distill.preprocessing import Preprocessing
 from distill.registry import FAMILIES, family_of, size_multiple, timm_statistics
+
 
 def load_frozen_reference(ref: str):
     """The frozen reference ``ref`` (see the module docstring), eval mode, no gradients."""

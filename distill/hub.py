@@ -34,17 +34,17 @@ import os
 import re
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from dataclasses import dataclass, field
-
 from distill.config import ConfigError, parse_cli, run_main
 from distill.metrics import METRIC_NAMES
 from distill.models import quiet_transformers, resolve_model, save_model
-from distill.registry import PRESETS, WEIGHTS, weights_licence
 from distill.preprocessing import INPUT_SIZE
+from distill.registry import PRESETS, WEIGHTS, weights_licence
+from distill.runtime import first_line
 from distill.spaces import OutputSpace
 
 DEFAULT_LICENSE = "apache-2.0"
@@ -406,8 +406,8 @@ def validate_folder(folder) -> dict:
         pipe = pipeline("depth-estimation", model=os.fspath(folder), device="cpu")
         out = pipe(image)
     except Exception as err:  # anything that stops the pipeline stops the release
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ReleaseError(f"{folder}: the transformers pipeline cannot run this release ({type(err).__name__}: {first})") from None
+        raise ReleaseError(f"{folder}: the transformers pipeline cannot run this release ({type(err).__name__}: "
+                           f"{first_line(err)})") from None
     pred = np.asarray(out["predicted_depth"].detach().float().cpu()).squeeze()
     if pred.shape != (image.height, image.width):
         raise ReleaseError(f"{folder}: pipeline prediction has shape {pred.shape}, expected {(image.height, image.width)}")
@@ -499,8 +499,7 @@ def _main(argv=None) -> int:
         print(f"pushed to {url} ({commit})")
         return 0
     except Exception as err:  # network, permissions, server errors: one masked line
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"{PROG}: error: push to {args.repo_id} failed ({type(err).__name__}: {first})", file=sys.stderr)
+        print(f"{PROG}: error: push to {args.repo_id} failed ({type(err).__name__}: {first_line(err)})", file=sys.stderr)
         return 1
     finally:
         sys.stdout, sys.stderr = stdout, stderr

@@ -30,9 +30,23 @@ from transformers import (
 from distill.config import ConfigError
 from distill.original_checkpoints import load_original_checkpoint
 from distill.preprocessing import INPUT_SIZE, Preprocessing
-from distill.registry import (FAMILIES, HYBRID_OUT_INDICES, PRESETS, family_of, get_preset, input_rule, model_config,
-                              output_space_of)
-from distill.spaces import DEPTH_UP_TO_SCALE, METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
+from distill.registry import (
+    FAMILIES,
+    HYBRID_OUT_INDICES,
+    PRESETS,
+    family_of,
+    get_preset,
+    input_rule,
+    model_config,
+    output_space_of,
+)
+from distill.runtime import first_line
+from distill.spaces import (
+    DEPTH_UP_TO_SCALE,
+    METRIC_DEPTH,
+    RELATIVE_DISPARITY,
+    OutputSpace,
+)
 
 
 def load_dinov2_config(dinov2: str, preset: str) -> Dinov2Config:
@@ -245,8 +259,7 @@ def resolve_model(ref: str, output_space: OutputSpace | None = None, preset: str
     except ModelError:
         raise
     except (OSError, ValueError, KeyError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelError(f"cannot load model {ref!r}: {first}") from None
+        raise ModelError(f"cannot load model {ref!r}: {first_line(err)}") from None
     return ResolvedModel(model, output_space_of(model.config), preprocessing, reference, processor)
 
 

@@ -12,11 +12,19 @@ import math
 from dataclasses import dataclass, replace
 from typing import Callable
 
-from distill.config import ConfigError
-from distill.preprocessing import (IMAGENET_MEAN, IMAGENET_STD, INPUT_SIZE, PATCH_SIZE, Preprocessing, fixed_input_size,
-                                  multiple_of, patch_size_of)
-from distill.spaces import METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
 from distill import tiny_models
+from distill.config import ConfigError
+from distill.preprocessing import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INPUT_SIZE,
+    PATCH_SIZE,
+    Preprocessing,
+    fixed_input_size,
+    multiple_of,
+    patch_size_of,
+)
+from distill.spaces import METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
 
 
 # ------------------------------------------------------------------------------ source weights

@@ -27,7 +27,8 @@ import socket
 import threading
 import time
 
-from distill.data.shards import INDEX_DIR, TMP_SUFFIX, owner_id, remove_quietly
+from distill.data.shards import INDEX_DIR
+from distill.runtime import TMP_SUFFIX, owner_id, remove_quietly
 from pseudolabel.inputs import shard_name
 
 CLAIMS_DIR = "_claims"

@@ -49,6 +49,8 @@ import tarfile
 
 import numpy as np
 
+from distill.runtime import first_line
+
 IMAGE_EXTS = (".jpg", ".jpeg", ".jfif", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".pgm", ".pnm")
 COMPRESSED_TAR_EXTS = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -279,7 +281,7 @@ def load_hf(name: str, split: str, image_column: str):
         else:
             ds = datasets.load_dataset(name, split=split)
     except Exception as e:  # noqa: BLE001 - any failure to open the dataset is one line for the user
-        raise InputError(f"hf:{name}: cannot load the dataset ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+        raise InputError(f"hf:{name}: cannot load the dataset ({type(e).__name__}: {first_line(e)})") from None
     if isinstance(ds, (datasets.DatasetDict, dict)):
         if split not in ds:
             raise InputError(f"hf:{name}: no split {split!r}; has {sorted(ds)}")

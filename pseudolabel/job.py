@@ -48,15 +48,25 @@ import re
 import shutil
 import signal
 import sys
-import threading
 import time
 
 from distill.config import ConfigError
-from distill.data.shards import INDEX_DIR, index_path, read_index, remove_quietly, write_atomic
+from distill.data.shards import INDEX_DIR, index_path, read_index
+from distill.runtime import StopSignals, remove_quietly, write_atomic
 from pseudolabel.claims import LISTING, Claims, claim_state, clean_temporaries
 from pseudolabel.config import LEGACY_DEFAULTS, PseudolabelConfig, defining_options
-from pseudolabel.inputs import (InputError, Listing, detect, discover, rank_units, shard_name, unit_count, unit_inputs,
-                                unit_range, write_listing)
+from pseudolabel.inputs import (
+    InputError,
+    Listing,
+    detect,
+    discover,
+    rank_units,
+    shard_name,
+    unit_count,
+    unit_inputs,
+    unit_range,
+    write_listing,
+)
 
 JOB_DIR = "_job"
 
@@ -340,31 +350,16 @@ def _writing(out: str):
         raise write_failure(err, out) from None
 
 
-class _Signals:
-    """SIGTERM / SIGINT ask the process to stop: the handler only records the signal, and the job
-    raises ``Stopped`` at its next check (before each batch of the model, each claim, each poll).
-    Raising from the handler itself could land anywhere, a ``__del__`` included, where Python
-    drops the exception with a warning and the job labels on (seen once in five tries)."""
+class _Signals(StopSignals):
+    """A stop request (``distill.runtime.StopSignals``) raised as ``Stopped`` at the job's next check
+    (before each batch of the model, each claim, each poll), once: the clean-up after it must run."""
 
-    def __init__(self):
-        self.signum = None
-        self.raised = False
-        self.previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                self.previous[signum] = signal.signal(signum, self._handle)
-
-    def _handle(self, signum, _frame):
-        self.signum = self.signum or signum  # later signals only record: the clean-up after the first must run
+    raised = False
 
     def check(self):
-        if self.signum is not None and not self.raised:
+        if self.requested and not self.raised:
             self.raised = True
             raise Stopped(self.signum)
-
-    def restore(self):
-        for signum, handler in self.previous.items():
-            signal.signal(signum, handler)
 
 
 class _Labeler:

@@ -6,10 +6,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from distill.losses import feature_alignment_loss, gradient_matching_loss, ssi_loss, uts_loss
+from distill.losses import (
+    feature_alignment_loss,
+    gradient_matching_loss,
+    ssi_loss,
+    uts_loss,
+)
 from distill.models import encoder_of
-from distill.registry import size_multiple
 from distill.preprocessing import DEFAULT, Preprocessing, fixed_input_size, multiple_of
+from distill.registry import size_multiple
+from distill.runtime import unwrap_model
 from distill.spaces import OutputSpace, convert
 from student.config import StudentObjectiveConfig
 from student.perturb import cutmix
@@ -97,7 +103,7 @@ class StudentObjective:
 
     def _student_features(self, model):
         if self._features is None:
-            self._features = FinalFeatures(encoder_of(getattr(model, "module", model)))
+            self._features = FinalFeatures(encoder_of(unwrap_model(model)))
         return self._features
 
     def feature_loss(self, model, student_map: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -112,7 +118,7 @@ class StudentObjective:
         if student_map.shape[-2:] != frozen.shape[-2:]:
             student_map = F.interpolate(student_map, size=frozen.shape[-2:], mode="bilinear", align_corners=False)
         tokens = student_map.flatten(2).transpose(1, 2)
-        heads = getattr(getattr(model, "module", model), "training_heads", None)
+        heads = getattr(unwrap_model(model), "training_heads", None)
         if heads is not None:
             tokens = heads["feature_projection"](tokens)
         return feature_alignment_loss(tokens, frozen.flatten(2).transpose(1, 2), margin=self.cfg.feature_margin)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from distill.data.shards import ShardReader, owner_id
+from distill.data.shards import ShardReader
+from distill.runtime import owner_id
 from pseudolabel.claims import CLAIMS_DIR, Claims, read_claim
 from pseudolabel.cli import main as cli_main
 from pseudolabel.job import run

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from distill.data.mixture import MixtureGroup, MixtureSampler, split_batch
 from distill.data.sample import SampleError
 from distill.data.transforms import TrainTransform, sample_to_tensors
+from distill.runtime import first_line
 
 MAX_RETRIES = 16
 
@@ -77,7 +78,7 @@ class MixtureDataset(Dataset):
                 row["bad_samples"] = bad
                 return row
             except (SampleError, OSError, ValueError) as err:
-                bad.append(f"{type(dataset).__name__}[{i}]: {str(err).splitlines()[0] if str(err) else type(err).__name__}")
+                bad.append(f"{type(dataset).__name__}[{i}]: {first_line(err)}")
         raise RuntimeError(f"{MAX_RETRIES} consecutive unreadable samples in {type(dataset).__name__}: {bad[-1]}")
 
     def __len__(self):  # the sampler, not the length, drives iteration

@@ -25,12 +25,8 @@ import glob
 import io
 import json
 import os
-import re
-import secrets
-import socket
 import tarfile
 from collections import OrderedDict
-from contextlib import contextmanager
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -38,12 +34,11 @@ from torch.utils.data import Dataset
 from distill.data.formats import pil_to_rgb, read_rgb
 from distill.data.sample import Sample, SampleError, TeacherLabel
 from distill.data.codec import decode_png, dequantise, dequantise_confidence
+from distill.runtime import naming, owner_id, remove_quietly, temp_path, write_atomic
 
 INDEX_DIR = "index"
-TMP_SUFFIX = ".tmp"  # a temporary file is PATH.tmp.<owner id> (owner_id)
 MTIME = 1_700_000_000  # fixed member mtime: identical inputs give identical tars
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
-LABEL_FIELDS = ("depth.png", "conf.png", "json")
 
 
 def fsync_dir(path: str) -> None:
@@ -57,58 +52,6 @@ def fsync_dir(path: str) -> None:
         pass
     finally:
         os.close(fd)
-
-
-_owner: tuple[int, str] | None = None
-
-
-def owner_id() -> str:
-    """``<host>-<pid>-<random>``, one per process (a forked child gets its own): it names the
-    process's temporary files and claims, so another process can tell whose they are and whether
-    that owner can still be alive (``pseudolabel.claims``)."""
-    global _owner
-    if _owner is None or _owner[0] != os.getpid():
-        host = re.sub(r"[^A-Za-z0-9_.-]+", "_", socket.gethostname()) or "host"
-        _owner = (os.getpid(), f"{host}-{os.getpid()}-{secrets.token_hex(4)}")
-    return _owner[1]
-
-
-def temp_path(path: str) -> str:
-    """This process's temporary file for ``path``."""
-    return f"{path}{TMP_SUFFIX}.{owner_id()}"
-
-
-def remove_quietly(path: str) -> None:
-    try:
-        os.remove(path)
-    except FileNotFoundError:
-        pass
-
-
-@contextmanager
-def naming(path: str):
-    """A failed write or fsync (ENOSPC, EIO) does not say which file: name it."""
-    try:
-        yield
-    except OSError as err:
-        if err.filename is None:
-            err.filename = path
-        raise
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    """Write ``path`` through a temporary file, fsync, rename: it exists complete or not at all
-    (a failed write, a full disk say, leaves neither the file nor its temporary)."""
-    tmp = temp_path(path)
-    try:
-        with naming(tmp), open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        remove_quietly(tmp)
-        raise
 
 
 def index_path(out_dir: str, name: str) -> str:

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 
 from distill.config import ConfigError, parse_cli, run_main
+from distill.runtime import atomic_path
 from distill.visualisation import colorize
 
 MAX_DEPTH = 40.0  # metres; farther hits are invalid (and fit a 16-bit millimetre PNG)
@@ -852,14 +853,8 @@ class SyntheticReader(torch.utils.data.Dataset):
 # ---------------------------------------------------------------------------------- writing
 def _atomic(path, write):
     """Write via ``write(file)`` to a temporary name, then rename: readers never see half files."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path, fsync=False) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _save_png(path, array):
