@@ -23,9 +23,22 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distill.preprocessing import Preprocessing
+from distill.preprocessing import INPUT_SIZE, Preprocessing
 
 RULES = ("processor", "depth_anything")
+
+
+def processor_at_size(processor, size: int, model: str = "the model"):
+    """A copy of a transformers image processor whose target size is ``size``, its other rules kept:
+    ``height``/``width`` (Depth Anything, DPT: both set, aspect kept as the processor says) or
+    ``shortest_edge``. A processor that does not resize has no size to set (ValueError, one line)."""
+    d = processor.to_dict()
+    size_rule = d.get("size") if d.get("do_resize", False) else None
+    if not isinstance(size_rule, dict) or not ({"height", "width"} <= set(size_rule) or "shortest_edge" in size_rule):
+        raise ValueError(f"{model}: its image processor ({type(processor).__name__}) has no target size to set "
+                         f"(size={size_rule!r}); drop --input-size")
+    new = {"height": size, "width": size} if "height" in size_rule else {**size_rule, "shortest_edge": size}
+    return type(processor).from_dict({**d, "size": new})
 
 
 @dataclass
@@ -33,7 +46,7 @@ class InputRule:
     kind: str  # "processor" | "depth_anything"
     preprocessing: Preprocessing  # normalisation of uint8 batches (depth_anything) and the size multiple
     processor: object | None = None  # the transformers image processor (processor rule)
-    input_size: int = 518  # depth_anything rule
+    input_size: int = INPUT_SIZE  # depth_anything rule
     max_aspect: float | None = 4.0  # depth_anything rule
 
     def __post_init__(self):

@@ -9,8 +9,8 @@ T: anything ``distill.models.resolve_model`` accepts (a teacher run, a transform
 directory or hub id of any architecture, an original Depth Anything ``.pth`` with
 ``--teacher-preset``), or several of them comma-separated (each labels every image: see
 ``pseudolabel.writer``). Each teacher sees the image through its own image processor
-(``--resize processor``, default) or Depth Anything's original rule (``--resize depth_anything
---input-size 518``). I: a directory, a glob, a text file of paths, WebDataset .tar shards, or
+(``--resize processor``, default; ``--input-size N`` sets its target size) or Depth Anything's
+original rule (``--resize depth_anything --input-size 518``). I: a directory, a glob, a text file of paths, WebDataset .tar shards, or
 ``hf:NAME_OR_PATH``. Every option of ``pseudolabel.config.PseudolabelConfig`` is a flag of the same
 name and a ``key=value``; ``--workers`` is kept as an alias of ``--num-workers``. Run the same
 command again after an interruption: finished shards are kept, the rest is redone; several

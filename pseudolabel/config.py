@@ -34,7 +34,7 @@ class PseudolabelConfig:
     # processor: the teacher's own image processor and post-processing (what pipeline() does);
     # depth_anything: Depth Anything's original rule, shorter side >= input_size, OpenCV bicubic
     resize: Literal["processor", "depth_anything"] = "processor"
-    input_size: int | None = None  # depth_anything rule only (default 518): the processor's size rules otherwise
+    input_size: int | None = None  # the target size of either rule (default: 518 / the processor's own)
     max_aspect: float = 4.0  # depth_anything rule: longer side capped at input_size * max_aspect
     tta: Literal["none", "flip", "flip+scales"] = "none"
     tta_scales: list[float] = field(default_factory=lambda: [0.75, 1.25])  # extra scales for flip+scales
@@ -76,9 +76,6 @@ class PseudolabelConfig:
     def __post_init__(self):
         checks = [
             (self.input_size is None or self.input_size >= 14, "input_size must be >= 14"),
-            (self.input_size is None or self.resize == "depth_anything",
-             "input_size applies to resize=depth_anything; with resize=processor the teacher's image processor "
-             "sets the size (edit its preprocessor_config.json to change it)"),
             (self.max_aspect >= 1, "max_aspect must be >= 1"),
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.num_workers >= 0, "num_workers must be >= 0"),

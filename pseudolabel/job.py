@@ -92,10 +92,11 @@ def normalise(cfg: PseudolabelConfig) -> PseudolabelConfig:
         if not getattr(cfg, flag):
             raise JobError(f"--{flag} is required")
     from distill.models import ModelError, resolve_reference  # noqa: PLC0415
+    from distill.preprocessing import INPUT_SIZE  # noqa: PLC0415
 
     cfg.output = os.path.abspath(cfg.output)
     if cfg.resize == "depth_anything" and cfg.input_size is None:
-        cfg.input_size = 518
+        cfg.input_size = INPUT_SIZE
     try:  # a training run -> its final/, paths absolute; several teachers: comma-separated
         cfg.teacher = ",".join(resolve_reference(t.strip()) for t in cfg.teacher.split(","))
     except ModelError as err:
@@ -368,7 +369,8 @@ class _Labeler:
     def __init__(self, cfg: PseudolabelConfig, job: dict, rank: int, world: int, local_rank: int):
         import torch  # noqa: PLC0415 - after the cheap checks
 
-        from distill.inference import InputRule  # noqa: PLC0415
+        from distill.inference import InputRule, processor_at_size  # noqa: PLC0415
+        from distill.preprocessing import INPUT_SIZE  # noqa: PLC0415
         from pseudolabel.decode import ByteSource, DecodePlan  # noqa: PLC0415
         from pseudolabel.tta import Predictor  # noqa: PLC0415
 
@@ -391,9 +393,18 @@ class _Labeler:
         predictors, teachers = [], []
         for name, reference in zip(names, references):
             resolved = _load_teacher(cfg, reference)
-            rule = InputRule(cfg.resize, resolved.preprocessing, resolved.processor if cfg.resize == "processor" else None,
-                             cfg.input_size or 518, cfg.max_aspect)
-            if cfg.tta == "flip+scales" and resolved.preprocessing.fixed_size:
+            fixed = resolved.preprocessing.fixed_size
+            if cfg.input_size and fixed and cfg.input_size != fixed:
+                raise JobError(f"teacher {reference} takes one input size only ({fixed} px, a DPT-hybrid): "
+                               f"--input-size {cfg.input_size} cannot apply")
+            processor = resolved.processor if cfg.resize == "processor" else None
+            if processor is not None and cfg.input_size and not fixed:
+                try:
+                    processor = processor_at_size(processor, cfg.input_size, reference)
+                except ValueError as err:
+                    raise JobError(str(err)) from None
+            rule = InputRule(cfg.resize, resolved.preprocessing, processor, cfg.input_size or INPUT_SIZE, cfg.max_aspect)
+            if cfg.tta == "flip+scales" and fixed:
                 raise JobError(f"teacher {reference} takes one input size only ({resolved.preprocessing.fixed_size} px, "
                                "a DPT-hybrid): --tta flip+scales cannot rescale its input; use --tta flip")
             model = resolved.model.to(device).eval().requires_grad_(False)

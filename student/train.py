@@ -58,7 +58,7 @@ def _main(argv=None) -> int:
         teacher_preprocessing = resolved.preprocessing
         space = student_space(resolved.output_space.geometry)
     else:  # the shards say what the teacher predicted
-        first = build_dataset(cfg.data.groups[pseudo_index].datasets[0])[0]
+        first = build_dataset(cfg.data.groups[pseudo_index].datasets[0], f"data.groups.{pseudo_index}.datasets.0")[0]
         space, teacher_preprocessing = student_space(first.geometry), None
 
     torch.manual_seed(cfg.seed)

@@ -515,8 +515,8 @@ def test_cli_errors_are_one_line_with_exit_code_2(teacher, corpus, tmp_path, cap
     assert code == 2 and err.count("\n") == 1 and "was started with input_size=56" in err, err
     code, err = cli(capsys, *again)  # the default rule is another labeling: refused, naming the rule
     assert code == 2 and err.count("\n") == 1 and "was started with resize='depth_anything'" in err, err
-    code, err = cli(capsys, *again, "--input-size", "70")
-    assert code == 2 and err.count("\n") == 1 and "input_size applies to resize=depth_anything" in err, err
+    code, err = cli(capsys, *again, "--input-size", "70")  # the processor rule at 70: still another labeling
+    assert code == 2 and err.count("\n") == 1 and "was started with resize='depth_anything'" in err, err
 
 
 def test_real_photos_are_labeled(teacher, tmp_path):

@@ -108,3 +108,33 @@ def test_original_weight_files_label_with_a_preset(tmp_path, corpus):
     assert job["options"]["teacher_preset"] == "tiny"
     s = ShardReader(out)[0]
     assert (s.target > 0).all() and (s.target < 20).all()
+
+
+def test_input_size_sets_the_processors_size(corpus, tmp_path):
+    """``--input-size`` under the processor rule: the teacher's own processor at that size (aspect as it
+    keeps it), labels equal to the model run through that processor; refused where there is no size to set."""
+    from transformers import AutoImageProcessor
+
+    from distill.inference import processor_at_size
+
+    model_dir = save_tiny("depth_anything", tmp_path / "da")
+    out = tmp_path / "labels"
+    run(load_config(PseudolabelConfig, None, [f"teacher={model_dir}", f"input={corpus}", f"output={out}", "input_size=112",
+                                              "batch_size=2", "num_workers=0", "progress=false"]))
+    processor = processor_at_size(AutoImageProcessor.from_pretrained(model_dir), 112)
+    model = resolve_model(model_dir).model.eval()
+    reader = ShardReader(out)
+    for i in range(len(reader)):
+        s = reader[i]
+        image = Image.open(s.meta["path"]).convert("RGB")
+        inputs = processor(images=image, return_tensors="pt")
+        assert list(inputs["pixel_values"].shape[-2:]) == s.meta["inference_size"]
+        assert max(s.meta["inference_size"]) <= 112 + 14 and s.meta["inference_size"] != [70, 98]
+        with torch.no_grad():
+            depth = processor.post_process_depth_estimation(model(**inputs), target_sizes=[inputs["pixel_values"].shape[-2:]])
+        expected = cv2.resize(depth[0]["predicted_depth"].numpy().astype(np.float32), image.size, interpolation=cv2.INTER_LINEAR)
+        assert np.linalg.norm(s.target - expected) / np.linalg.norm(expected) <= 1e-3
+    glpn = save_tiny("glpn", tmp_path / "glpn")
+    with pytest.raises(JobError, match="has no target size to set"):
+        run(load_config(PseudolabelConfig, None, [f"teacher={glpn}", f"input={corpus}", f"output={tmp_path / 'g'}",
+                                                  "input_size=112", "num_workers=0", "progress=false"]))

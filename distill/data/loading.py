@@ -6,12 +6,14 @@ batch (``bad_samples``); the engine counts them and stops past ``max_bad_fractio
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from distill.config import ConfigError
 from distill.data.mixture import MixtureGroup, MixtureSampler, split_batch
 from distill.data.sample import SampleError
 from distill.data.transforms import TrainTransform, sample_to_tensors
@@ -50,13 +52,29 @@ class DataConfig:
     max_bad_fraction: float = 0.01
 
 
-def build_dataset(cfg: DatasetConfig):
-    from distill.data.readers import build_reader
+class DataError(ConfigError):
+    """A dataset that cannot be opened as configured: one line naming its config key (exit 2)."""
+
+
+def build_dataset(cfg: DatasetConfig, key: str = "dataset"):
+    """The reader a dataset entry names; ``key`` (e.g. ``data.groups.0.datasets.0``) is what an error names."""
+    from distill.data.readers import READERS, build_reader  # noqa: PLC0415
 
     kwargs = dict(cfg.options)
     if cfg.root is not None:
         kwargs["root"] = cfg.root
-    return build_reader(cfg.reader, **kwargs)
+    reader = READERS.get(cfg.reader)
+    if reader is None:
+        raise DataError(f"{key}.reader: unknown reader {cfg.reader!r}; valid: {', '.join(sorted(READERS))}")
+    params = inspect.signature(reader).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise DataError(f"{key}: reader {cfg.reader!r} takes no {', '.join(unknown)}; it takes: {', '.join(params)}")
+    try:
+        return build_reader(cfg.reader, **kwargs)
+    except (OSError, ValueError, SampleError) as err:
+        raise DataError(f"{key} (reader {cfg.reader!r}): {first_line(err)}") from None
 
 
 class MixtureDataset(Dataset):
@@ -126,7 +144,8 @@ def build_train_loader(cfg: DataConfig, batch_size: int, seed: int, rank: int = 
     transform at ``crop_size``)."""
     if not cfg.groups or not all(g.datasets for g in cfg.groups):
         raise ValueError("data.groups must list at least one group with at least one dataset")
-    datasets = [[build_dataset(d) for d in g.datasets] for g in cfg.groups]
+    datasets = [[build_dataset(d, f"data.groups.{i}.datasets.{j}") for j, d in enumerate(g.datasets)]
+                for i, g in enumerate(cfg.groups)]
     slots = split_batch(batch_size, [g.parts for g in cfg.groups], [g.name for g in cfg.groups])
     mixture = [
         MixtureGroup(g.name, [len(ds) for ds in group], [d.weight for d in g.datasets], n, g.weighting)
@@ -154,7 +173,7 @@ class ValidationSet:
 
 def build_val_sets(cfg: DataConfig, rank: int = 0, world_size: int = 1) -> list[ValidationSet]:
     """The first ``val_max_samples`` of each validation dataset, dealt round-robin over ranks."""
-    readers = [build_dataset(d) for d in cfg.val]
+    readers = [build_dataset(d, f"data.val.{i}") for i, d in enumerate(cfg.val)]
     items = [(d, i) for d, ds in enumerate(readers) for i in range(min(len(ds), cfg.val_max_samples))][rank::world_size]
     sets = []
     for d, ds in enumerate(readers):
