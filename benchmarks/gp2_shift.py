@@ -22,10 +22,10 @@ from distill.config import load_config
 from distill.data.synthetic import SyntheticReader
 from distill.engine import train
 from distill.evaluation import evaluate_samples, mean_metrics
+from distill.labeled_objective import LabeledObjective
 from distill.models import load_depth_model
 from distill.spaces import DEPTH_UP_TO_SCALE
 from teacher.config import TeacherConfig
-from teacher.objective import TeacherObjective
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIXTURE = (
@@ -71,7 +71,7 @@ def main():
              "tracker=none", "save_every=0", "eval_every=0", "data.val=[]", "overwrite=true"],
         )
         start = time.perf_counter()
-        final = train(cfg, TeacherObjective(cfg.objective), DEPTH_UP_TO_SCALE)
+        final = train(cfg, LabeledObjective(cfg.objective), DEPTH_UP_TO_SCALE)
         model = load_depth_model(final).eval()
         rows[name] = {p: score(model, samples, p, cfg.data.crop_size) for p in ("scale-log", "affine-disparity")}
         rows[name]["train_s"] = time.perf_counter() - start

@@ -405,7 +405,7 @@ def bare_run(ctx, stage: str, cfg, window: int, mem) -> dict:
         transforms = [TrainTransform(cfg.data.crop_size, cfg.data.hflip, photometric(cfg.student.perturb))]
         space = student_space(build_dataset(cfg.data.groups[0].datasets[0])[0].geometry)
     else:
-        from teacher.objective import output_space_for  # noqa: PLC0415
+        from distill.labeled_objective import output_space_for  # noqa: PLC0415
 
         space = output_space_for(cfg.objective.kind)
     loader, _ = build_train_loader(cfg.data, cfg.batch_size, cfg.seed, transforms=transforms)

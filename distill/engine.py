@@ -547,7 +547,7 @@ def train_loop(run: Run, cfg: TrainConfig, objective: Callable, output_space: Ou
     return run.step >= cfg.max_steps
 
 
-def export(run: Run, cfg: TrainConfig, output_space: OutputSpace) -> str:
+def save_final_model(run: Run, cfg: TrainConfig, output_space: OutputSpace) -> str:
     """The final model in transformers format (training-only heads left out) in ``final/``: the EMA
     of the weights where there is one."""
     accelerator = run.accelerator
@@ -576,7 +576,7 @@ def train(cfg: TrainConfig, objective: Callable, output_space: OutputSpace, mode
     run.step = resume(run, cfg)
     start_logging(run, cfg)
     finished = train_loop(run, cfg, objective, output_space)
-    final = export(run, cfg, output_space) if finished else None
+    final = save_final_model(run, cfg, output_space) if finished else None
     run.accelerator.end_training()
     return final
 

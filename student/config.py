@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from distill.engine import TrainConfig
-from teacher.config import TeacherObjectiveConfig
+from distill.labeled_objective import LabeledObjectiveConfig
 
 
 @dataclass
@@ -31,7 +31,7 @@ class StudentObjectiveConfig:
     confidence: bool = True  # use shards' confidence maps where present
     confidence_threshold: float = 0.1
     perturb: PerturbConfig = field(default_factory=PerturbConfig)
-    labeled: TeacherObjectiveConfig = field(default_factory=TeacherObjectiveConfig)  # for labeled rows
+    labeled: LabeledObjectiveConfig = field(default_factory=LabeledObjectiveConfig)  # for labeled rows
 
 
 @dataclass

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from distill.labeled_objective import LabeledObjective
 from distill.losses import (
     feature_alignment_loss,
     gradient_matching_loss,
@@ -19,7 +20,6 @@ from distill.runtime import unwrap_model
 from distill.spaces import OutputSpace, convert
 from student.config import StudentObjectiveConfig
 from student.perturb import cutmix
-from teacher.objective import TeacherObjective
 
 
 class FinalFeatures:
@@ -96,7 +96,7 @@ class StudentObjective:
         self.frozen_encoder, self.teacher = frozen_encoder, teacher
         self.preprocessing, self.frozen_preprocessing = preprocessing, frozen_preprocessing
         self.teacher_preprocessing = teacher_preprocessing
-        self.labeled = TeacherObjective(cfg.labeled, preprocessing)
+        self.labeled = LabeledObjective(cfg.labeled, preprocessing)
         self.generator = torch.Generator().manual_seed(seed)  # CutMix boxes: reproducible on resume
         self._features = None
         self._frozen_features = FinalFeatures(frozen_encoder) if frozen_encoder is not None else None

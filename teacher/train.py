@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from distill.config import parse_cli, run_main
 from distill.engine import model_preprocessing, train
+from distill.labeled_objective import LabeledObjective, output_space_for
 from teacher.config import TeacherConfig
-from teacher.objective import TeacherObjective, output_space_for
 
 PROG = "train_teacher.py"
 
@@ -15,7 +15,7 @@ PROG = "train_teacher.py"
 def _main(argv=None) -> int:
     cfg = parse_cli(TeacherConfig, argv, prog=PROG)
     preprocessing = model_preprocessing(cfg.model, cfg.data.crop_size)
-    final = train(cfg, TeacherObjective(cfg.objective, preprocessing), output_space_for(cfg.objective.kind),
+    final = train(cfg, LabeledObjective(cfg.objective, preprocessing), output_space_for(cfg.objective.kind),
                   preprocessing=preprocessing)
     if final:  # None: preempted, a checkpoint was saved
         print(f"teacher saved to {final}")

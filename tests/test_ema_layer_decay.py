@@ -8,15 +8,24 @@ import pytest
 import torch
 from accelerate.utils import DistributedType
 from safetensors.torch import load_file
+from test_train_teacher import TINY, PreemptAt, read_log, small_config
 from transformers import AutoModelForDepthEstimation
 
 import distill.engine as engine
 from distill.config import ConfigError, load_config
-from distill.engine import ModelConfig, OptimConfig, lr_factor, make_ema, make_model, param_groups, setup, train
+from distill.engine import (
+    ModelConfig,
+    OptimConfig,
+    lr_factor,
+    make_ema,
+    make_model,
+    param_groups,
+    setup,
+    train,
+)
+from distill.labeled_objective import LabeledObjective, output_space_for
 from distill.spaces import DEPTH_UP_TO_SCALE
 from teacher.config import TeacherConfig
-from teacher.objective import TeacherObjective, output_space_for
-from test_train_teacher import TINY, PreemptAt, read_log, small_config
 
 STEPS = ["max_steps=4", "log_every=1", "eval_every=0", "save_every=0"]
 EMA = ["optim.ema_decay=0.5", "optim.ema_start_step=1"]  # a short memory, so 4 steps move it visibly
@@ -41,7 +50,7 @@ def ema_run(tmp_path_factory):
     weights validation (at the last step) evaluates."""
     out = tmp_path_factory.mktemp("ema")
     cfg = small_config(out, *STEPS, *EMA)
-    objective, seen, validated = TeacherObjective(cfg.objective), [], []
+    objective, seen, validated = LabeledObjective(cfg.objective), [], []
 
     def recording(model, batch):
         seen.append(weights(model))
@@ -81,7 +90,7 @@ def test_ema_follows_the_decay_formula_and_is_validated_and_exported(ema_run):
 def test_without_ema_the_raw_weights_are_exported(tmp_path):
     cfg = small_config(tmp_path, "max_steps=2", "log_every=1", "eval_every=0", "save_every=0", "data.val=[]")
     assert cfg.optim.ema_decay == 0.0 and cfg.optim.layer_decay == 1.0  # off by default
-    final = train(cfg, TeacherObjective(cfg.objective), output_space_for("gp2"))
+    final = train(cfg, LabeledObjective(cfg.objective), output_space_for("gp2"))
     raw = load_file(checkpoint(tmp_path, 2) / "model.safetensors")
     exported = exported_weights(final)
     assert exported.keys() == raw.keys() and all(torch.equal(exported[k], raw[k]) for k in raw)
@@ -90,10 +99,10 @@ def test_without_ema_the_raw_weights_are_exported(tmp_path):
 
 def test_a_resumed_run_continues_its_ema_exactly(ema_run, tmp_path):
     cfg = small_config(tmp_path, *STEPS, *EMA)
-    assert train(cfg, PreemptAt(TeacherObjective(cfg.objective), 2), output_space_for("gp2")) is None
+    assert train(cfg, PreemptAt(LabeledObjective(cfg.objective), 2), output_space_for("gp2")) is None
     assert (checkpoint(tmp_path, 2) / "custom_checkpoint_0.pkl").is_file()
     resumed = small_config(tmp_path, *STEPS, *EMA, "resume=latest")
-    final = train(resumed, TeacherObjective(resumed.objective), output_space_for("gp2"))
+    final = train(resumed, LabeledObjective(resumed.objective), output_space_for("gp2"))
     got, want = exported_weights(final), exported_weights(ema_run.final)
     assert got.keys() == want.keys()
     for name in want:

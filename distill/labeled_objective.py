@@ -1,12 +1,31 @@
-"""The teacher's objectives: GP2 (geometry-preserving, default) or Depth Anything's SSI + gradient."""
+"""The objective on labeled data, shared by the teacher (all its rows) and the student (its labeled
+rows): GP2 (geometry-preserving, default) or Depth Anything's SSI + gradient."""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from distill.losses import gp2_loss, gradient_matching_loss, ssi_loss, ssi_lsq_loss
 from distill.preprocessing import DEFAULT, Preprocessing
-from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY, OutputSpace, to_depth, to_disparity
-from teacher.config import TeacherObjectiveConfig
+from distill.spaces import (
+    DEPTH_UP_TO_SCALE,
+    RELATIVE_DISPARITY,
+    OutputSpace,
+    to_depth,
+    to_disparity,
+)
+
+
+@dataclass
+class LabeledObjectiveConfig:
+    kind: Literal["gp2", "ssi"] = "gp2"
+    uts_weight: float = 1.0  # GP2: weight of the UTS term on geometrically complete samples
+    ssi_variant: Literal["median", "lsq"] = "median"  # ssi: median/MAD + MAE (V1 paper) or LSQ + MSE (gist)
+    gradient_weight: float = 2.0  # ssi: Depth Anything V2 uses SSI : gradient = 1 : 2
+    gradient_scales: int = 4
+    trim: float = 0.0  # drop this fraction of each sample's largest per-pixel losses (0.1 = V2's top-10%)
 
 
 def output_space_for(kind: str) -> OutputSpace:
@@ -31,11 +50,11 @@ def check_targets(batch: dict) -> None:
             raise ValueError(f"sample {key}: unlabeled sample in teacher training data")
 
 
-class TeacherObjective:
+class LabeledObjective:
     """``objective(model, batch) -> (loss, logs)`` for ``distill.engine.train`` (docs/RECIPE.md#gp2,
     docs/RECIPE.md#ssi); ``preprocessing``: the model's input normalisation."""
 
-    def __init__(self, cfg: TeacherObjectiveConfig, preprocessing: Preprocessing = DEFAULT):
+    def __init__(self, cfg: LabeledObjectiveConfig, preprocessing: Preprocessing = DEFAULT):
         self.cfg, self.preprocessing = cfg, preprocessing
 
     def __call__(self, model, batch: dict):
@@ -43,8 +62,7 @@ class TeacherObjective:
         return self.loss_on(pred, batch)
 
     def loss_on(self, pred: torch.Tensor, batch: dict):
-        """The loss of a prediction [B, H, W] against the batch's labels (also used by the student
-        for its labeled rows)."""
+        """The loss of a prediction [B, H, W] against the batch's labels."""
         check_targets(batch)
         target, mask, complete = batch["target"].float(), batch["valid"], batch["complete"]
         c = self.cfg
