@@ -215,14 +215,14 @@ class Experiment:
 
     # ---------------------------------------------------------------------------- scores
     def score(self, model: Path, dataset: str) -> dict:
-        from distill import evaluation
+        from distill import evaluate
 
         path = self.out / "eval" / f"{model.name}_{dataset}.json"
         if not path.is_file():
             self.stages.run("evaluate", [self.py, "distill/evaluate.py", "--model", str(model), "--benchmark", "folder",
                                          "--data-root", str(self.data / dataset), "--protocol", "affine-disparity",
                                          "--max-depth", str(MAX_DEPTH),
-                                         "--input-size", str(INPUT_SIZE), "--output", str(path)], main=evaluation.main)
+                                         "--input-size", str(INPUT_SIZE), "--output", str(path)], main=evaluate.main)
         result = json.loads(path.read_text())
         return {"abs_rel": result["abs_rel"], "d1": result["d1"]}
 

@@ -3,7 +3,7 @@
     python benchmarks/onnx_throughput.py [--presets tiny vits] [--size 518] [--images 6] [--repeats 3]
 
 For each preset a random-weight model (speed does not depend on the weights) is exported by
-``distill.deploy.export_onnx`` and both runtimes predict the same real photos (``../shared/data/photos``,
+``distill.export.export_onnx`` and both runtimes predict the same real photos (``../shared/data/photos``,
 else scikit-image's), batch 1, resized by the one rule of ``distill.preprocessing``. Each runtime is
 timed at 1 thread and at every core, and the best setting of each is compared (the strongest
 baseline, not the default one). Each figure is the median of ``--repeats`` runs, the runtimes
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from distill import deploy, models  # noqa: E402
+from distill import export, models  # noqa: E402
 from distill.config import parse_cli  # noqa: E402
 from distill.preprocessing import DEFAULT, resize_for_inference  # noqa: E402
 from distill.spaces import RELATIVE_DISPARITY  # noqa: E402
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     args = parse_cli(OnnxThroughputConfig, argv, prog="benchmarks/onnx_throughput.py")
     import onnxruntime as ort
 
-    photos = deploy.check_images([])
+    photos = export.check_images([])
     inputs = [DEFAULT.normalize(torch.from_numpy(resize_for_inference(photos[i % len(photos)][1], args.size)).permute(2, 0, 1)[None])
               for i in range(args.images)]
     cores = os.cpu_count() or 1
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
         model = models.build_model(preset, RELATIVE_DISPARITY).eval()
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
-            deploy.export_onnx(model, path, models.PATCH_SIZE)
+            export.export_onnx(model, path, models.PATCH_SIZE)
             sessions = {}
             for n in threads:
                 options = ort.SessionOptions()

@@ -6,26 +6,16 @@ Metrics are computed per image (float64) and averaged over images; images with f
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from distill.alignment import align_lsq, align_median_log, as_batch
+from distill.spaces import PROTOCOLS, default_protocol
 
 MIN_VALID_PIXELS = 10
 METRIC_NAMES = ("abs_rel", "sq_rel", "rmse", "rmse_log", "log10", "silog", "d1", "d2", "d3")
-# Ground-truth depth range (metres) of each benchmark; its crop is in ``BENCHMARK_CROP`` below.
-# nyu, kitti: fixed by docs/RECIPE.md. eth3d (1e-5 .. inf) and diode (0.6 .. 350 m): the ranges of the
-# Marigold evaluation code, which later relative-depth papers reuse. sintel (1e-3 .. 72 m): an
-# assumption (the MiDaS-era cap; Sintel's sky and far background would otherwise dominate).
-BENCHMARK_DEPTH_RANGE = {
-    "nyu": (1e-3, 10.0),
-    "kitti": (1e-3, 80.0),
-    "eth3d": (1e-5, math.inf),
-    "diode": (0.6, 350.0),
-    "sintel": (1e-3, 72.0),
-}
-
-
 def per_image_metrics(pred_depth: torch.Tensor, gt_depth: torch.Tensor, mask: torch.Tensor) -> dict:
     """Each metric as a float64 tensor [B], plus ``valid`` (bool [B]: at least 10 valid pixels).
 
@@ -88,42 +78,55 @@ def kitti_garg_crop(height: int, width: int) -> torch.Tensor:
     return _box_mask(height, width, (0.40810811, 0.99189189), (0.03594771, 0.96405229))
 
 
-def kitti_eigen_crop(height: int, width: int) -> torch.Tensor:
-    """KITTI Eigen crop, as fractions of the image size."""
-    return _box_mask(height, width, (0.3324324, 0.91351351), (0.0359477, 0.96405229))
-
-
 def depth_range_mask(gt_depth: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
     """Valid ground truth: finite and within [min_depth, max_depth]."""
     return torch.isfinite(gt_depth) & (gt_depth >= min_depth) & (gt_depth <= max_depth)
 
 
-# Evaluation crop of each benchmark (benchmarks not listed are scored on the whole image).
-BENCHMARK_CROP = {"nyu": nyu_eigen_crop, "kitti": kitti_garg_crop}
+@dataclass(frozen=True)
+class Benchmark:
+    """One evaluation benchmark, the one record that evaluation, metrics and the model card read."""
+    name: str
+    title: str  # as the model card names it
+    reader: str | None  # a name of distill.data.readers.READERS; None: DA-2K's pair annotations
+    depth_range: tuple[float, float] | None = None  # metres: predictions clamped to it, ground truth outside unscored
+    crop: Callable | None = None  # (height, width) -> bool mask; None: the whole image
+    range_source: str = "-"
+
+    @property
+    def crop_name(self) -> str | None:
+        return {nyu_eigen_crop: "eigen", kitti_garg_crop: "garg"}.get(self.crop)
+
+
+# nyu, kitti: docs/RECIPE.md. eth3d, diode: the ranges of Marigold's evaluation code, which later
+# relative-depth papers reuse. sintel: an assumption (the MiDaS-era cap; Sintel's sky and far
+# background would otherwise dominate). folder: the reader's valid mask, optionally ``--max-depth``.
+BENCHMARKS = {b.name: b for b in (
+    Benchmark("nyu", "NYU Depth V2", "nyu", (1e-3, 10.0), nyu_eigen_crop, "docs/RECIPE.md"),
+    Benchmark("kitti", "KITTI", "kitti", (1e-3, 80.0), kitti_garg_crop, "docs/RECIPE.md"),
+    Benchmark("eth3d", "ETH3D", "eth3d", (1e-5, math.inf), None, "Marigold's evaluation code"),
+    Benchmark("sintel", "Sintel", "sintel", (1e-3, 72.0), None, "assumption (MiDaS-era cap)"),
+    Benchmark("diode", "DIODE", "diode", (0.6, 350.0), None, "Marigold's evaluation code"),
+    Benchmark("folder", "a labeled folder", "folder"),
+    Benchmark("da2k", "DA-2K", None),
+)}
 
 
 def benchmark_mask(benchmark: str, gt_depth: torch.Tensor) -> torch.Tensor:
-    """The evaluation mask of a benchmark of ``BENCHMARK_DEPTH_RANGE``: ground truth finite and in
-    its depth range, inside its crop if it has one (``nyu``: Eigen crop, 1e-3..10 m; ``kitti``: Garg
-    crop, 1e-3..80 m)."""
-    if benchmark not in BENCHMARK_DEPTH_RANGE:
-        raise ValueError(f"no crop/range for benchmark {benchmark!r}; known: {', '.join(BENCHMARK_DEPTH_RANGE)}")
-    mask = depth_range_mask(gt_depth, *BENCHMARK_DEPTH_RANGE[benchmark])
-    if benchmark in BENCHMARK_CROP:
+    """The evaluation mask of a benchmark with a published range: ground truth finite and in its depth
+    range, inside its crop if it has one (``nyu``: Eigen crop, 1e-3..10 m; ``kitti``: Garg crop, 1e-3..80 m)."""
+    record = BENCHMARKS.get(benchmark)
+    if record is None or record.depth_range is None:
+        known = [b.name for b in BENCHMARKS.values() if b.depth_range]
+        raise ValueError(f"no crop/range for benchmark {benchmark!r}; known: {', '.join(known)}")
+    mask = depth_range_mask(gt_depth, *record.depth_range)
+    if record.crop is not None:
         h, w = gt_depth.shape[-2:]
-        mask = mask & BENCHMARK_CROP[benchmark](h, w).to(gt_depth.device)
+        mask = mask & record.crop(h, w).to(gt_depth.device)
     return mask
 
 
 # --- protocols --------------------------------------------------------------------------------------
-
-PROTOCOLS = ("affine-disparity", "scale-log", "metric")
-
-
-def default_protocol(output_space) -> str:
-    """affine-disparity for shift-ambiguous maps, scale-log for depth up to scale, else metric."""
-    return {"utss": "affine-disparity", "uts": "scale-log"}.get(output_space.geometry, "metric")
-
 
 def protocol_depth(pred, output_space, gt_depth, mask, protocol: str | None = None, depth_range=None) -> torch.Tensor:
     """A prediction [B, H, W] in ``output_space`` turned into depth comparable with ``gt_depth``.

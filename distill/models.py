@@ -128,7 +128,7 @@ def build_hybrid(preset: str, output_space: OutputSpace, weights: str | None, in
                           f"preset {preset!r} a {p.backbone}")
     if weights is not None:
         load_cnn_weights(model.dpt.embeddings.backbone._backbone, p.backbone, weights, HYBRID_OUT_INDICES)
-    # Where the CNN's weights came from and their licence, for the model card (distill/hub.py).
+    # Where the CNN's weights came from and their licence, for the model card (distill/release.py).
     if weights in prior.PRIORS:
         model.config.encoder_weights = prior.get_prior(weights).source
         model.config.encoder_weights_licence = prior.get_prior(weights).licence

@@ -388,7 +388,7 @@ def _main(argv=None) -> int:
         f"data.groups.0.datasets.0.root={pseudo}"))
 
     # 5. evaluation
-    from distill import evaluation, hub
+    from distill import evaluate, release
     benchmarks = {"synthetic (test scenes)": ("folder", data / "test-synthetic", "scale-log"),
                   "Middlebury Motorcycle": ("folder", data / "middlebury-motorcycle", "affine-disparity")}
     if NYU_SAMPLE.is_dir():
@@ -399,15 +399,15 @@ def _main(argv=None) -> int:
             path = out / "eval" / f"{role}_{bench.split()[0].lower()}.json"
             stages.run("evaluate", [py, "distill/evaluate.py", "--model", str(model), "--benchmark", kind,
                                     "--data-root", str(root), "--protocol", protocol, "--input-size", str(INPUT_SIZE),
-                                    "--output", str(path)], main=evaluation.main)
+                                    "--output", str(path)], main=evaluate.main)
             results.setdefault(bench, {})[role] = json.loads(path.read_text())
 
     # 6. release (dry run: built and checked with pipeline("depth-estimation"), nothing sent)
-    release = out / "release"
+    release_dir = out / "release"
     student_evals = sorted(str(p) for p in (out / "eval").glob("student_*.json"))
     stages.run("release", [py, "distill/release.py", "--model", str(student / "final"), "--repo-id",
-                           "your-name/depth-distill-quickstart-tiny", "--dry-run", "--output-dir", str(release),
-                           "--input-size", str(INPUT_SIZE), "--eval", *student_evals], main=hub.main)
+                           "your-name/depth-distill-quickstart-tiny", "--dry-run", "--output-dir", str(release_dir),
+                           "--input-size", str(INPUT_SIZE), "--eval", *student_evals], main=release.main)
 
     # 7. summary
     start = time.perf_counter()
@@ -420,7 +420,7 @@ def _main(argv=None) -> int:
         "pseudo_labels": {"labeled": manifest["labeled"], "skipped": manifest["skipped"]},
         "stage_seconds": {k: round(v, 1) for k, v in stages.times.items()},
         "total_seconds": round(time.perf_counter() - started, 1),
-        "teacher": str(teacher / "final"), "student": str(student / "final"), "release": str(release),
+        "teacher": str(teacher / "final"), "student": str(student / "final"), "release": str(release_dir),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
@@ -428,7 +428,7 @@ def _main(argv=None) -> int:
     print(f"\npseudo-labels: {manifest['labeled']} images labeled, {manifest['skipped']} skipped")
     print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.times.items())
           + f"; total {summary['total_seconds']:.0f} s")
-    print(f"summary picture: {out / 'summary.png'}; release folder: {release}; commands: {stages.script}")
+    print(f"summary picture: {out / 'summary.png'}; release folder: {release_dir}; commands: {stages.script}")
     return 0
 
 

@@ -118,3 +118,31 @@ def prediction_point_cloud(prediction, output_space: OutputSpace, intrinsics, ma
             "align it to ground truth first (distill.metrics.align_lsq), then build the point cloud"
         )
     return point_cloud(to_depth(prediction, output_space.space), intrinsics, mask)
+
+
+# --- protocols: how a prediction in an output space is compared with ground truth ----------------
+PROTOCOLS = ("affine-disparity", "scale-log", "metric")
+
+
+def default_protocol(output_space: OutputSpace) -> str:
+    """affine-disparity for shift-ambiguous maps, scale-log for depth up to scale, else metric."""
+    return {"utss": "affine-disparity", "uts": "scale-log"}.get(output_space.geometry, "metric")
+
+
+def check_protocol(protocol: str, output_space: OutputSpace, gt_geometry: str = "metric") -> None:
+    """Refuse protocols that mean nothing for this model output or ground truth (ValueError, one line)."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}; valid: {', '.join(PROTOCOLS)}")
+    out = f"{output_space.space}/{output_space.geometry}"
+    if protocol == "metric" and output_space.geometry != "metric":
+        raise ValueError(f"protocol 'metric' needs a model with metric output; this model predicts {out} "
+                        f"(use {default_protocol(output_space)})")
+    if protocol == "scale-log" and output_space.geometry not in ("metric", "uts"):
+        raise ValueError(f"protocol 'scale-log' needs depth up to scale or better; this model predicts {out} "
+                        "(use affine-disparity)")
+    if gt_geometry == "none":
+        raise ValueError("the benchmark folder has no depth labels")
+    if gt_geometry == "utss" and protocol != "affine-disparity":
+        raise ValueError(f"ground truth known up to scale and shift allows only affine-disparity, not {protocol!r}")
+    if gt_geometry == "uts" and protocol == "metric":
+        raise ValueError("ground truth known up to scale cannot be scored with protocol 'metric'")

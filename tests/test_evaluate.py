@@ -13,11 +13,22 @@ import pytest
 import torch
 from PIL import Image
 
+from distill import evaluate, models
 from distill import evaluation as E
-from distill import models
 from distill.data.readers import FolderReader
-from distill.metrics import BENCHMARK_DEPTH_RANGE, METRIC_NAMES, benchmark_mask, protocol_depth
-from distill.spaces import DEPTH_UP_TO_SCALE, METRIC_DEPTH, RELATIVE_DISPARITY, OutputSpace
+from distill.metrics import (
+    BENCHMARKS,
+    METRIC_NAMES,
+    benchmark_mask,
+    protocol_depth,
+)
+from distill.spaces import (
+    DEPTH_UP_TO_SCALE,
+    METRIC_DEPTH,
+    RELATIVE_DISPARITY,
+    OutputSpace,
+    check_protocol,
+)
 from distill.visualisation import read_ply_header
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,7 +67,7 @@ def write_folder(root: Path, n: int = 3, geometry: str = "metric", intrinsics: b
 
 
 def run_main(argv, capsys):
-    rc = E.main([str(a) for a in argv])
+    rc = evaluate.main([str(a) for a in argv])
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -65,7 +76,7 @@ def run_main(argv, capsys):
 def test_benchmark_ranges_and_masks():
     gt = torch.full((40, 50), 100.0)
     gt[0, 0], gt[0, 1] = 0.5, 400.0
-    assert set(BENCHMARK_DEPTH_RANGE) >= {"nyu", "kitti", "eth3d", "diode", "sintel"}
+    assert {b.name for b in BENCHMARKS.values() if b.depth_range} == {"nyu", "kitti", "eth3d", "diode", "sintel"}
     # no crop outside nyu / kitti: only the depth range counts
     assert int(benchmark_mask("diode", gt).sum()) == 40 * 50 - 2  # 0.6 .. 350 m
     assert int(benchmark_mask("eth3d", gt).sum()) == 40 * 50  # no upper cap
@@ -144,15 +155,15 @@ def test_protocol_defaults_by_output_space(tiny_models, tmp_path, capsys, kind, 
 
 
 def test_meaningless_protocols_are_refused():
-    E.check_protocol("affine-disparity", DEPTH_UP_TO_SCALE)  # a uts model may be scored shift-free
-    with pytest.raises(E.EvalError, match="metric output"):
-        E.check_protocol("metric", RELATIVE_DISPARITY)
-    with pytest.raises(E.EvalError, match="scale-log"):
-        E.check_protocol("scale-log", RELATIVE_DISPARITY)
-    with pytest.raises(E.EvalError, match="only affine-disparity"):
-        E.check_protocol("scale-log", DEPTH_UP_TO_SCALE, gt_geometry="utss")
-    with pytest.raises(E.EvalError, match="no depth labels"):
-        E.check_protocol("affine-disparity", RELATIVE_DISPARITY, gt_geometry="none")
+    check_protocol("affine-disparity", DEPTH_UP_TO_SCALE)  # a uts model may be scored shift-free
+    with pytest.raises(ValueError, match="metric output"):
+        check_protocol("metric", RELATIVE_DISPARITY)
+    with pytest.raises(ValueError, match="scale-log"):
+        check_protocol("scale-log", RELATIVE_DISPARITY)
+    with pytest.raises(ValueError, match="only affine-disparity"):
+        check_protocol("scale-log", DEPTH_UP_TO_SCALE, gt_geometry="utss")
+    with pytest.raises(ValueError, match="no depth labels"):
+        check_protocol("affine-disparity", RELATIVE_DISPARITY, gt_geometry="none")
 
 
 # -------------------------------------------------------------------------------- real NYU frames
@@ -254,7 +265,7 @@ def test_cli_errors_are_one_line(tiny_models, tmp_path, capsys):
         assert rc == 2 and message in err and len(err.strip().splitlines()) == 1, (argv, err)
     for argv, message in [(["--benchmark", "nyu"], "--model is required"),
                           (["--model", "m", "--benchmrk", "nyu"], "did you mean '--benchmark'")]:
-        assert E.main(argv) == 2  # command-line errors: one line too
+        assert evaluate.main(argv) == 2  # command-line errors: one line too
         err = capsys.readouterr().err
         assert len(err.strip().splitlines()) == 1 and message in err, err
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from distill import deploy, models
+from distill import export, models
 from distill.spaces import DEPTH_UP_TO_SCALE
 
 pytest.importorskip("onnxruntime")
@@ -15,8 +15,8 @@ pytest.importorskip("onnxruntime")
 def test_exportable_forward_is_the_models():
     torch.manual_seed(0)
     model = models.build_model("tiny", DEPTH_UP_TO_SCALE).eval()
-    wrapped = deploy.exportable(model)
-    assert isinstance(wrapped, deploy.ExportableDepthAnything)
+    wrapped = export.exportable(model)
+    assert isinstance(wrapped, export.ExportableDepthAnything)
     for shape in ((1, 3, 42, 56), (2, 3, 70, 28)):
         x = torch.randn(*shape)
         with torch.no_grad():
@@ -31,26 +31,26 @@ def saved_model(tmp_path_factory):
     return path.parent  # a training run: resolved to its final/
 
 
-def export(model, out, precision):
-    assert deploy.main(["--model", str(model), "--output", str(out), "--precision", precision,
+def run_export(model, out, precision):
+    assert export.main(["--model", str(model), "--output", str(out), "--precision", precision,
                         "--check-sizes", "56", "98"]) == 0
     return out
 
 
 @pytest.fixture(scope="module")
 def fp32_export(saved_model, tmp_path_factory):
-    return export(saved_model, tmp_path_factory.mktemp("export") / "onnx", "fp32")
+    return run_export(saved_model, tmp_path_factory.mktemp("export") / "onnx", "fp32")
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_export_matches_pytorch_at_two_sizes(saved_model, fp32_export, tmp_path, precision):
     import onnxruntime as ort
 
-    out = fp32_export if precision == "fp32" else export(saved_model, tmp_path / "onnx", precision)
+    out = fp32_export if precision == "fp32" else run_export(saved_model, tmp_path / "onnx", precision)
     info = json.loads((out / "export.json").read_text())
     sizes = {tuple(r["size"]) for r in info["parity"]}
     assert len(info["parity"]) >= 4 and len({s[0] for s in sizes}) == 2  # >= 2 photos x 2 sizes
-    assert info["max_relative_l2"] <= deploy.TOLERANCE[precision] and info["output_space"] == "depth:uts"
+    assert info["max_relative_l2"] <= export.TOLERANCE[precision] and info["output_space"] == "depth:uts"
     for name in ("config.json", "preprocessor_config.json", "README.md"):
         assert (out / name).is_file()
     # dynamic batch and sizes: a shape never seen at export time
@@ -60,7 +60,7 @@ def test_export_matches_pytorch_at_two_sizes(saved_model, fp32_export, tmp_path,
 
 
 def test_release_carries_the_onnx_file(saved_model, fp32_export, tmp_path):
-    from distill import hub
+    from distill import release as hub
 
     folder, _ = hub.build_release(str(saved_model), "me/tiny", tmp_path / "release", onnx=fp32_export)
     assert (folder / "onnx" / "model.onnx").read_bytes() == (fp32_export / "model.onnx").read_bytes()
@@ -83,7 +83,7 @@ def test_release_carries_the_onnx_file(saved_model, fp32_export, tmp_path):
 def test_bad_input_one_line_exit_2(saved_model, tmp_path, argv, message, capsys):
     (tmp_path / "file").write_text("x")
     argv = [a.format(tmp=tmp_path, model=saved_model, file=tmp_path / "file") for a in argv]
-    assert deploy.main(argv) == 2
+    assert export.main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()  # nothing written

@@ -132,7 +132,7 @@ def test_the_prior_as_frozen_reference():
 def test_hybrid_teacher_trains_and_its_run_evaluates(tmp_path):
     """The teacher command with the prior-initialised hybrid (3 steps at 64 px): trains, validates
     at its one size, and the evaluation command scores its final model."""
-    from distill.evaluation import main as evaluate
+    from distill.evaluate import main as evaluate
     from teacher.train import main
 
     out = tmp_path / "teacher"
@@ -158,12 +158,12 @@ def test_hybrid_teacher_trains_and_its_run_evaluates(tmp_path):
 
 def test_hybrid_onnx_export_at_its_one_size(tmp_path):
     pytest.importorskip("onnxruntime")
-    from distill import deploy
+    from distill import export
 
     torch.manual_seed(0)
     models.save_model(models.build_model("hybrid-lite0", RELATIVE_DISPARITY, dinov2="efficientnet-lite0",
                                          input_size=64), tmp_path / "model")
-    assert deploy.main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "onnx"),
+    assert export.main(["--model", str(tmp_path / "model"), "--output", str(tmp_path / "onnx"),
                         "--check-sizes", "64"]) == 0
     info = json.loads((tmp_path / "onnx" / "export.json").read_text())
     assert info["max_relative_l2"] <= 1e-4 and {tuple(r["size"]) for r in info["parity"]} == {(64, 64)}
@@ -185,7 +185,7 @@ def test_drop_path_is_model_noise_in_training_only():
 
 
 def test_model_card_names_the_encoder_weights_and_the_one_input_size():
-    from distill.hub import build_card
+    from distill.release import build_card
 
     model = models.build_model("hybrid-lite0", RELATIVE_DISPARITY, dinov2="efficientnet-lite0", input_size=64)
     card = build_card("me/hybrid", RELATIVE_DISPARITY, model.config, "apache-2.0", [], [], [], False)

@@ -83,7 +83,7 @@ DepthAnythingForDepthEstimation.forward = recording
 
 from distill.config import load_config
 from distill.data.formats import read_rgb
-from distill.evaluation import main as evaluate
+from distill.evaluate import main as evaluate
 from distill.preprocessing import resize_for_inference
 from pseudolabel.config import PseudolabelConfig
 from pseudolabel.job import run

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from distill import models
-from distill import hub as R
+from distill import release as R
 from distill.registry import weights_licence
 from distill.spaces import RELATIVE_DISPARITY
 from hub_server import FakeHub
