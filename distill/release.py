@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import ConfigError, parse_cli, run_main
-from distill.metrics import METRIC_NAMES
+from distill.metrics import BENCHMARKS, METRIC_NAMES
 from distill.models import quiet_transformers, resolve_model, save_model
 from distill.preprocessing import INPUT_SIZE
 from distill.registry import PRESETS, WEIGHTS, weights_licence
@@ -48,6 +48,7 @@ from distill.runtime import first_line
 from distill.spaces import OutputSpace
 
 DEFAULT_LICENSE = "apache-2.0"
+CARD_TEMPLATE = Path(__file__).with_name("templates") / "model_card.md"
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
 RELEASE_FILES = {"model.safetensors", "config.json", "preprocessor_config.json", "README.md", "training_config.yaml",
                  "evaluation", "onnx"}
@@ -115,183 +116,79 @@ def _fmt(v, percent=False) -> str:
     return f"{100 * v:.1f}" if percent else f"{v:.3f}"
 
 
-def evaluation_section(evals: list[dict], space: OutputSpace) -> str:
-    if not evals:
-        return "## Evaluation\n\nNo evaluation results were attached to this release.\n"
-    out = ["## Evaluation", ""]
+def eval_results(evals: list[dict]) -> list:
+    """The results as huggingface_hub ``EvalResult`` entries: the Hub renders them from ``model-index``."""
+    from huggingface_hub import EvalResult  # noqa: PLC0415
+
+    results = []
+    for e in evals:
+        record = BENCHMARKS.get(e["benchmark"])
+        title = record.title if record is not None else str(e["benchmark"])
+        metrics = [("pair_accuracy", "Pair accuracy")] if e["benchmark"] == "da2k" else \
+            [(k, METRIC_LABELS[k].split()[0]) for k in CARD_METRICS if e.get(k) is not None]
+        for key, label in metrics:
+            results.append(EvalResult(task_type="depth-estimation", task_name="Monocular depth estimation",
+                                      dataset_type=str(e["benchmark"]), dataset_name=title, metric_type=key,
+                                      metric_name=f"{label} ({e.get('protocol') or 'point pairs'})", metric_value=float(e[key])))
+    return results
+
+
+def evaluation_rows(evals: list[dict]) -> dict:
+    """The card's evaluation tables and notes (template variables)."""
     depth = [e for e in evals if e["benchmark"] != "da2k"]
     pairs = [e for e in evals if e["benchmark"] == "da2k"]
-    if depth:
-        out += ["Zero-shot depth metrics, computed per image and averaged over images "
-                "(`python distill/evaluate.py`; δ in %):", ""]
-        out.append("| Benchmark | Protocol | Images | " + " | ".join(METRIC_LABELS[k] for k in CARD_METRICS) + " |")
-        out.append("|---|---|---|" + "---|" * len(CARD_METRICS))
-        for e in depth:
-            cells = [_fmt(e.get(k), percent=k.startswith("d")) for k in CARD_METRICS]
-            out.append(f"| {e['benchmark']} | {e.get('protocol', '-')} | {e.get('num_images', '-')} | " + " | ".join(cells) + " |")
-        out.append("")
-    if pairs:
-        out += ["| Benchmark | Images | Pairs | Pair accuracy (%) |", "|---|---|---|---|"]
-        for e in pairs:
-            out.append(f"| DA-2K | {e.get('num_images', '-')} | {e.get('num_pairs', '-')} | {_fmt(e['pair_accuracy'], True)} |")
-        out.append("")
-    sizes = sorted({str(e.get("input_size")) for e in evals if e.get("input_size")})
-    out += [
-        "Protocols: `affine-disparity` fits a least-squares scale and shift of the predicted disparity to the "
-        "ground truth per image (Depth Anything / MiDaS), `scale-log` a median log-depth ratio (GP2), `metric` "
-        "uses the prediction as is. Standard crops and depth caps (NYU: Eigen crop, 1e-3..10 m; KITTI: Garg crop, "
-        "1e-3..80 m; see `distill/evaluate.py`).",
-        "",
-        f"Inputs were resized as the original Depth Anything code does (shorter side at least {', '.join(sizes) or INPUT_SIZE}, "
-        "sides multiples of 14, OpenCV bicubic), **not** with the bundled transformers image processor, which picks "
-        "a slightly different size and uses Pillow's bicubic: pipeline outputs differ slightly from the evaluated ones.",
-        "",
-    ]
-    mismatched = sorted({e["benchmark"] for e in evals if e.get("output_space") not in (None, space.to_dict())})
-    if mismatched:
-        out += [f"Note: the results for {', '.join(mismatched)} were computed for a different output space.", ""]
-    return "\n".join(out)
+    ranges = "; ".join(f"{b.name}: {b.crop_name + ' crop, ' if b.crop_name else ''}{b.depth_range[0]:g}..{b.depth_range[1]:g} m"
+                       for b in BENCHMARKS.values() if b.depth_range and b.name in {e["benchmark"] for e in depth})
+    return {
+        "metric_labels": [METRIC_LABELS[k] for k in CARD_METRICS],
+        "depth_rows": [{"benchmark": e["benchmark"], "protocol": e.get("protocol", "-"), "num_images": e.get("num_images", "-"),
+                        "cells": [_fmt(e.get(k), percent=k.startswith("d")) for k in CARD_METRICS]} for e in depth],
+        "pair_rows": [{"num_images": e.get("num_images", "-"), "num_pairs": e.get("num_pairs", "-"),
+                       "accuracy": _fmt(e["pair_accuracy"], True)} for e in pairs],
+        "ranges": ranges or "none with a published range",
+        "input_sizes": ", ".join(sorted({str(e.get("input_size")) for e in evals if e.get("input_size")})) or INPUT_SIZE,
+    }
 
 
-# ------------------------------------------------------------------------------------- model card
-def output_space_section(space: OutputSpace, config) -> str:
-    head = getattr(config, "depth_estimation_type", None)
-    max_depth = getattr(config, "max_depth", None)
-    key = (space.space, space.geometry)
-    if key == ("disparity", "utss"):
-        meaning = (
-            "`predicted_depth` is **relative inverse depth (disparity) up to an unknown scale and shift**, as in "
-            "Depth Anything: non-negative, larger is nearer. It is not depth, and no undistorted point cloud follows "
-            "from it alone: first fit the scale `s` and shift `t` of the disparity to a few known depths (LiDAR points, "
-            "a sparse SfM reconstruction, a measured distance), then `depth = 1 / (s * pred + t)`.")
-        to_depth = (
-            "# fit disparity scale and shift to a few known depths (rows, cols, metres)\n"
-            "rows, cols, known = np.array([...]), np.array([...]), np.array([...])\n"
-            "A = np.stack([pred[rows, cols], np.ones(len(rows))], 1)\n"
-            "s, t = np.linalg.lstsq(A, 1.0 / known, rcond=None)[0]\n"
-            "depth = 1.0 / np.clip(s * pred + t, 1e-6, None)")
-    elif key == ("depth", "uts"):
-        meaning = (
-            "`predicted_depth` is **depth up to one unknown scale factor** (geometry-preserving, GP2-style): the "
-            f"metric head's `max_depth` ({max_depth}) is a unit, not metres. Back-projected with the camera "
-            "intrinsics it gives a point cloud of the right shape, up to scale; one known distance (or the camera "
-            "height) fixes the scale.")
-        to_depth = ("scale = 1.0  # e.g. known_distance / pred[row, col]\n"
-                    "depth = scale * pred")
-    elif key == ("depth", "metric"):
-        meaning = (f"`predicted_depth` is **metric depth in metres** (metric head, `max_depth` = {max_depth} m): "
-                   "back-projected with the camera intrinsics it gives a metric point cloud.")
-        to_depth = "depth = pred  # metres"
-    elif space.space == "log_depth":
-        meaning = f"`predicted_depth` is **log-depth** (geometry {space.geometry})."
-        to_depth = "depth = np.exp(pred)"
-    else:
-        meaning = f"`predicted_depth` is {space.space} with geometry {space.geometry}."
-        to_depth = "depth = 1.0 / np.clip(pred, 1e-6, None)" if space.space == "disparity" else "depth = pred"
-    return f"""## Output space
-
-`config.json` records it: `output_space: {space.space}`, `output_geometry: {space.geometry}` (head:
-`depth_estimation_type: {head}`). {meaning}
-
-```python
-import numpy as np
-from PIL import Image
-from transformers import pipeline
-
-pipe = pipeline("depth-estimation", model=REPO_ID)
-image = Image.open("photo.jpg")
-pred = pipe(image)["predicted_depth"].squeeze().numpy()  # at the image's size
-
-{to_depth}
-
-# point cloud: back-project every pixel through the pinhole intrinsics (pixels in the image's grid)
-h, w = depth.shape
-fx = fy = 0.8 * w                    # your camera's focal length in pixels
-cx, cy = (w - 1) / 2, (h - 1) / 2    # principal point
-v, u = np.mgrid[0:h, 0:w]
-points = np.stack([(u - cx) * depth / fx, (v - cy) * depth / fy, depth], -1).reshape(-1, 3)
-colors = np.asarray(image.convert("RGB")).reshape(-1, 3)
-```
-
-With this project installed the same is `distill.spaces.prediction_point_cloud(pred, OutputSpace("{space.space}", "{space.geometry}"), K)`
-(it refuses maps with an unknown shift), and `distill/evaluate.py --save-visuals` writes PLY point clouds
-of predictions aligned to ground truth.
-"""
+def architecture_of(config) -> str:
+    bb = getattr(config, "backbone_config", None)
+    if getattr(config, "model_type", None) == "depth_anything":
+        return (f"DINOv2 ViT encoder ({getattr(bb, 'hidden_size', '?')} wide, {getattr(bb, 'num_hidden_layers', '?')} "
+                "layers) with a DPT decoder")
+    if getattr(config, "is_hybrid", False):
+        return (f"DPT-hybrid: a `{getattr(bb, 'backbone', '?')}` CNN under a {config.num_hidden_layers}-layer ViT with a DPT "
+                f"decoder, taking {config.image_size}x{config.image_size} inputs only (its image processor resizes every "
+                "image to that square and the pipeline resizes the depth back)")
+    return f"`{getattr(config, 'model_type', '?')}` model"
 
 
 def build_card(repo_id: str, space: OutputSpace, config, license: str, base_models: list[str],
-               datasets: list[str], evals: list[dict], has_training_config: bool) -> str:
-    import yaml
+               datasets: list[str], evals: list[dict], has_training_config: bool, onnx: dict | None = None) -> str:
+    """The model card: huggingface_hub's ``ModelCard`` from ``templates/model_card.md``, its metadata
+    (licence, base model, tags, ``model-index`` with the evaluation results) from ``ModelCardData``."""
+    from huggingface_hub import ModelCard, ModelCardData  # noqa: PLC0415
 
-    tags = ["depth-estimation", "depth-anything", "monocular-depth", "knowledge-distillation",
-            "relative-depth" if space.geometry == "utss" else "metric-depth" if space.geometry == "metric" else "scale-invariant-depth"]
-    meta = {"license": license, "library_name": "transformers", "pipeline_tag": "depth-estimation"}
-    if base_models:
-        meta["base_model"] = base_models[0] if len(base_models) == 1 else list(base_models)
-    if datasets:
-        meta["datasets"] = list(datasets)
-    meta["tags"] = tags
     name = repo_id.split("/")[-1]
-    preset = getattr(config, "preset", None)
-    bb = getattr(config, "backbone_config", None)
-    if getattr(config, "model_type", None) == "depth_anything":
-        arch = (f"DINOv2 ViT encoder ({getattr(bb, 'hidden_size', '?')} wide, {getattr(bb, 'num_hidden_layers', '?')} "
-                "layers) with a DPT decoder")
-    elif getattr(config, "is_hybrid", False):
-        arch = (f"DPT-hybrid: a `{getattr(bb, 'backbone', '?')}` CNN under a {config.num_hidden_layers}-layer ViT with a DPT "
-                f"decoder, taking {config.image_size}x{config.image_size} inputs only (its image processor resizes every "
-                "image to that square and the pipeline resizes the depth back)")
-    else:
-        arch = f"`{getattr(config, 'model_type', '?')}` model"
-    lines = [
-        "---",
-        yaml.safe_dump(meta, sort_keys=False, allow_unicode=True).rstrip(),
-        "---",
-        "",
-        f"# {name}",
-        "",
-        f"A monocular depth model trained by teacher-student distillation in the Depth Anything style with the "
-        f"`depth-distill` project: a {arch}{f' (preset `{preset}`)' if preset else ''}. It loads with plain "
-        f"`transformers` (`{(getattr(config, 'architectures', None) or [type(config).__name__])[0]}`), no custom code.",
-        "",
-    ]
-    if base_models:
-        lines += [f"Base model(s): {', '.join(f'`{b}`' for b in base_models)}. Licence of this release: `{license}`.", ""]
-    if getattr(config, "encoder_weights", None):
-        licence = getattr(config, "encoder_weights_licence", None)
-        lines += [f"Encoder initialised from: {config.encoder_weights}{f'; licence: {licence}' if licence else ''}.", ""]
-    if has_training_config:
-        lines += ["The training configuration is in `training_config.yaml`.", ""]
-    usage = f"""## Usage
-
-```python
-from PIL import Image
-from transformers import pipeline
-
-pipe = pipeline("depth-estimation", model="{repo_id}")
-out = pipe(Image.open("photo.jpg"))
-out["depth"].save("depth.png")          # a grey-level picture of the prediction
-pred = out["predicted_depth"]           # the raw output (see "Output space")
-```
-
-Or with the model classes:
-
-```python
-import torch
-from transformers import AutoImageProcessor, AutoModelForDepthEstimation
-
-processor = AutoImageProcessor.from_pretrained("{repo_id}")
-model = AutoModelForDepthEstimation.from_pretrained("{repo_id}")
-image = Image.open("photo.jpg")
-inputs = processor(images=image, return_tensors="pt")
-with torch.no_grad():
-    outputs = model(**inputs)  # outputs.predicted_depth: [1, h, w] at the processed size
-pred = processor.post_process_depth_estimation(outputs, target_sizes=[image.size[::-1]])[0]["predicted_depth"]
-```
-"""
-    lines += [usage, output_space_section(space, config).replace("REPO_ID", json.dumps(repo_id)),
-              evaluation_section(evals, space)]
-    return "\n".join(lines).rstrip() + "\n"
+    geometry_tag = {"utss": "relative-depth", "metric": "metric-depth"}.get(space.geometry, "scale-invariant-depth")
+    results = eval_results(evals)
+    data = ModelCardData(license=license, library_name="transformers", pipeline_tag="depth-estimation",
+                         base_model=(base_models[0] if len(base_models) == 1 else list(base_models)) or None,
+                         datasets=list(datasets) or None, model_name=name if results else None,
+                         eval_results=results or None,
+                         tags=["depth-estimation", "depth-anything", "monocular-depth", "knowledge-distillation", geometry_tag])
+    if onnx is not None:
+        onnx = {**onnx, "dtype": "float16" if onnx["precision"] == "fp16" else "float32",
+                "multiple": onnx["preprocessing"]["multiple"], "fixed_size": onnx["preprocessing"].get("fixed_size")}
+    mismatched = sorted({e["benchmark"] for e in evals if e.get("output_space") not in (None, space.to_dict())})
+    card = ModelCard.from_template(
+        data, template_path=CARD_TEMPLATE, name=name, repo_id_json=json.dumps(repo_id), architecture=architecture_of(config),
+        preset=getattr(config, "preset", None), license=license, base_models=base_models,
+        transformers_class=(getattr(config, "architectures", None) or [type(config).__name__])[0],
+        encoder_weights=getattr(config, "encoder_weights", None),
+        encoder_weights_licence=getattr(config, "encoder_weights_licence", None), has_training_config=has_training_config,
+        onnx=onnx, space=space.space, geometry=space.geometry, head=getattr(config, "depth_estimation_type", None),
+        max_depth=getattr(config, "max_depth", None), mismatched=mismatched, **evaluation_rows(evals))
+    return str(card).rstrip() + "\n"
 
 
 # ----------------------------------------------------------------------------------- the folder
@@ -322,30 +219,6 @@ def read_onnx_export(folder, model_reference: str) -> dict:
     if os.path.abspath(info.get("reference", "")) != os.path.abspath(model_reference):
         raise ReleaseError(f"--onnx {folder}: exported from {info.get('reference')!r}, not from {model_reference!r}")
     return info
-
-
-def onnx_section(info: dict) -> str:
-    p = info["preprocessing"]
-    worst = info["max_relative_l2"]
-    dtype = "float16" if info["precision"] == "fp16" else "float32"
-    return f"""## ONNX
-
-`onnx/{info['file']}` (opset {info['opset']}, {info['precision']}; relative L2 to the PyTorch model at most
-{worst:.1e} on real photos, checked with onnxruntime). Input `pixel_values` [batch, 3, H, W] with H and W
-multiples of {p['multiple']}, normalised as `preprocessor_config.json` says; output `predicted_depth`
-[batch, H, W] in the output space below.
-
-```python
-import numpy as np, onnxruntime as ort
-from PIL import Image
-from transformers import AutoImageProcessor
-
-processor = AutoImageProcessor.from_pretrained(REPO_ID)
-session = ort.InferenceSession("onnx/{info['file']}", providers=["CPUExecutionProvider"])
-pixel_values = processor(images=Image.open("photo.jpg"), return_tensors="np")["pixel_values"]
-depth = session.run(None, {{"pixel_values": pixel_values.astype(np.{dtype})}})[0][0]
-```
-"""
 
 
 def build_release(model_name: str, repo_id: str, out_dir, license: str | None = None, base_models=None,
@@ -381,14 +254,12 @@ def build_release(model_name: str, repo_id: str, out_dir, license: str | None = 
             name = f"{i:02d}_{re.sub(r'[^A-Za-z0-9_-]', '_', str(e['benchmark']))}.json"
             (out / "evaluation" / name).write_text(json.dumps(clean, indent=2) + "\n")
     card = build_card(repo_id, space, model.config, chosen, bases, list(datasets or ()), evals,
-                      (out / "training_config.yaml").is_file())
+                      (out / "training_config.yaml").is_file(), exported)
     if exported:
         (out / "onnx").mkdir()
         for name in (exported["file"], "export.json", "README.md"):
             if (Path(onnx) / name).is_file():
                 shutil.copy(Path(onnx) / name, out / "onnx" / name)
-        usage_end = card.index("## Output space") if "## Output space" in card else len(card)
-        card = card[:usage_end] + onnx_section(exported).replace("REPO_ID", json.dumps(repo_id)) + "\n" + card[usage_end:]
     (out / "README.md").write_text(card, encoding="utf-8")
     return out, warnings
 

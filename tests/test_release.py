@@ -97,6 +97,10 @@ def test_dry_run_builds_release_folder_and_card(tiny_model, eval_files, tmp_path
     assert meta["datasets"] == ["some-org/unlabeled-images"] and "depth-estimation" in meta["tags"]
     assert "| nyu | affine-disparity | 654 | 0.045 | 97.9 |" in card
     assert "| DA-2K | 1000 | 2000 | 95.3 |" in card
+    from huggingface_hub import ModelCard  # the Hub reads the results from model-index
+
+    results = {(r.dataset_type, r.metric_type): r.metric_value for r in ModelCard(card).data.eval_results}
+    assert results[("nyu", "abs_rel")] == pytest.approx(0.045, abs=5e-4) and results[("da2k", "pair_accuracy")] == 0.953
     assert "## Output space" in card and "unknown scale and shift" in card and "point cloud" in card
     assert f'pipeline("depth-estimation", model="{REPO}")' in card and "np.mgrid" in card
     assert "/home/someone" not in card
