@@ -343,52 +343,27 @@ def main(argv=None) -> int:
     return run_main(PROG, _main, argv)
 
 
-def _main(argv=None) -> int:
-    args = parse_cli(QuickstartConfig, argv, prog=PROG)
-    if min(args.teacher_steps, args.student_steps, args.unlabeled_scenes, args.test_scenes) < 1:
-        raise ConfigError("steps and scene counts must be >= 1")
-
-    out = Path(args.output_dir).resolve()
-    clear_earlier_quickstart(out)
+def _data(out: Path, args: QuickstartConfig, stages: Stages) -> Path:
+    """The photos, Middlebury's Motorcycle, synthetic scenes; returns the list file of unlabeled images."""
     data = out / "data"
-    stages = Stages(out)
-    started = time.perf_counter()
-    py = sys.executable
-
-    # 1. data
     start = time.perf_counter()
     photos = write_photos(data / "photos")
     write_motorcycle(data / "middlebury-motorcycle")
     stages.times["data"] = time.perf_counter() - start
-    synthetic = [py, "-m", "distill.data.synthetic", "--size", "120", "160", "--geometry", "metric"]
+    synthetic = [sys.executable, "-m", "distill.data.synthetic", "--size", "120", "160", "--geometry", "metric"]
     stages.run("data", synthetic + ["--out", str(data / "unlabeled-synthetic"), "--num", str(args.unlabeled_scenes), "--seed", "77"])
     stages.run("data", synthetic + ["--out", str(data / "test-synthetic"), "--num", str(args.test_scenes), "--seed", "2026"])
     scenes = sorted((data / "unlabeled-synthetic" / "rgb").glob("*.png"))
     unlabeled = data / "unlabeled.txt"  # images only: the scenes' depth maps are never read
     unlabeled.write_text("".join(f"{path}\n" for path in [*photos, *scenes]))
+    return unlabeled
 
-    # 2. teacher
-    teacher = out / "teacher"
-    stages.run("teacher", accelerate_launch(
-        "distill/train_teacher.py", "--config", "configs/teacher/tiny.yaml", f"output_dir={teacher}",
-        f"max_steps={args.teacher_steps}", f"eval_every={args.teacher_steps}", f"save_every={args.teacher_steps}"))
 
-    # 3. pseudo-labels
-    pseudo = out / "pseudo-labels"
-    stages.run("pseudolabel", accelerate_launch(
-        "distill/pseudolabel.py", "--teacher", str(teacher / "final"),
-        "--input", str(unlabeled), "--output", str(pseudo), "--tta", "flip",
-        "--store-image", "reencode", "--image-max-side", "160", "--shard-size", "100"))
+def _evaluate(out: Path, stages: Stages, teacher: Path, student: Path) -> dict:
+    """Teacher and student on the quickstart's benchmarks (the NYU sample where it exists)."""
+    from distill import evaluate
 
-    # 4. student
-    student = out / "student"
-    stages.run("student", accelerate_launch(
-        "distill/train_student.py", "--config", "configs/student/tiny.yaml", f"output_dir={student}",
-        f"max_steps={args.student_steps}", f"eval_every={args.student_steps}", f"save_every={args.student_steps}",
-        f"data.groups.0.datasets.0.root={pseudo}"))
-
-    # 5. evaluation
-    from distill import evaluate, release
+    data = out / "data"
     benchmarks = {"synthetic (test scenes)": ("folder", data / "test-synthetic", "scale-log"),
                   "Middlebury Motorcycle": ("folder", data / "middlebury-motorcycle", "affine-disparity")}
     if NYU_SAMPLE.is_dir():
@@ -397,30 +372,23 @@ def _main(argv=None) -> int:
     for bench, (kind, root, protocol) in benchmarks.items():
         for role, model in (("teacher", teacher / "final"), ("student", student / "final")):
             path = out / "eval" / f"{role}_{bench.split()[0].lower()}.json"
-            stages.run("evaluate", [py, "distill/evaluate.py", "--model", str(model), "--benchmark", kind,
+            stages.run("evaluate", [sys.executable, "distill/evaluate.py", "--model", str(model), "--benchmark", kind,
                                     "--data-root", str(root), "--protocol", protocol, "--input-size", str(INPUT_SIZE),
                                     "--output", str(path)], main=evaluate.main)
             results.setdefault(bench, {})[role] = json.loads(path.read_text())
+    return results
 
-    # 6. release (dry run: built and checked with pipeline("depth-estimation"), nothing sent)
-    release_dir = out / "release"
-    student_evals = sorted(str(p) for p in (out / "eval").glob("student_*.json"))
-    stages.run("release", [py, "distill/release.py", "--model", str(student / "final"), "--repo-id",
-                           "your-name/depth-distill-quickstart-tiny", "--dry-run", "--output-dir", str(release_dir),
-                           "--input-size", str(INPUT_SIZE), "--eval", *student_evals], main=release.main)
 
-    # 7. summary
-    start = time.perf_counter()
-    summary_png(out / "summary.png", teacher / "final", student / "final", data)
-    stages.times["summary"] = time.perf_counter() - start
-    manifest = json.loads((pseudo / "manifest.json").read_text())
+def _report(out: Path, stages: Stages, results: dict, runs: dict, started: float) -> None:
+    """summary.json, the table and where everything is."""
+    manifest = json.loads((runs["pseudo-labels"] / "manifest.json").read_text())
     summary = {
         "results": {b: {r: {k: m[k] for k in ("protocol", "num_images", *SUMMARY_METRICS)} for r, m in by.items()}
                     for b, by in results.items()},
         "pseudo_labels": {"labeled": manifest["labeled"], "skipped": manifest["skipped"]},
         "stage_seconds": {k: round(v, 1) for k, v in stages.times.items()},
         "total_seconds": round(time.perf_counter() - started, 1),
-        "teacher": str(teacher / "final"), "student": str(student / "final"), "release": str(release_dir),
+        "teacher": str(runs["teacher"] / "final"), "student": str(runs["student"] / "final"), "release": str(runs["release"]),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print()
@@ -428,7 +396,41 @@ def _main(argv=None) -> int:
     print(f"\npseudo-labels: {manifest['labeled']} images labeled, {manifest['skipped']} skipped")
     print("time per stage: " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.times.items())
           + f"; total {summary['total_seconds']:.0f} s")
-    print(f"summary picture: {out / 'summary.png'}; release folder: {release_dir}; commands: {stages.script}")
+    print(f"summary picture: {out / 'summary.png'}; release folder: {runs['release']}; commands: {stages.script}")
+
+
+def _main(argv=None) -> int:
+    args = parse_cli(QuickstartConfig, argv, prog=PROG)
+    if min(args.teacher_steps, args.student_steps, args.unlabeled_scenes, args.test_scenes) < 1:
+        raise ConfigError("steps and scene counts must be >= 1")
+    out = Path(args.output_dir).resolve()
+    clear_earlier_quickstart(out)
+    stages = Stages(out)
+    started = time.perf_counter()
+    runs = {name: out / name for name in ("teacher", "pseudo-labels", "student", "release")}
+    unlabeled = _data(out, args, stages)  # 1. data
+    stages.run("teacher", accelerate_launch(  # 2. teacher
+        "distill/train_teacher.py", "--config", "configs/teacher/tiny.yaml", f"output_dir={runs['teacher']}",
+        f"max_steps={args.teacher_steps}", f"eval_every={args.teacher_steps}", f"save_every={args.teacher_steps}"))
+    stages.run("pseudolabel", accelerate_launch(  # 3. pseudo-labels
+        "distill/pseudolabel.py", "--teacher", str(runs["teacher"] / "final"),
+        "--input", str(unlabeled), "--output", str(runs["pseudo-labels"]), "--tta", "flip",
+        "--store-image", "reencode", "--image-max-side", "160", "--shard-size", "100"))
+    stages.run("student", accelerate_launch(  # 4. student
+        "distill/train_student.py", "--config", "configs/student/tiny.yaml", f"output_dir={runs['student']}",
+        f"max_steps={args.student_steps}", f"eval_every={args.student_steps}", f"save_every={args.student_steps}",
+        f"data.groups.0.datasets.0.root={runs['pseudo-labels']}"))
+    results = _evaluate(out, stages, runs["teacher"], runs["student"])  # 5. evaluation
+    from distill import release  # 6. release (dry run: built and checked with pipeline("depth-estimation"), nothing sent)
+
+    student_evals = sorted(str(p) for p in (out / "eval").glob("student_*.json"))
+    stages.run("release", [sys.executable, "distill/release.py", "--model", str(runs["student"] / "final"), "--repo-id",
+                           "your-name/depth-distill-quickstart-tiny", "--dry-run", "--output-dir", str(runs["release"]),
+                           "--input-size", str(INPUT_SIZE), "--eval", *student_evals], main=release.main)
+    start = time.perf_counter()  # 7. summary
+    summary_png(out / "summary.png", runs["teacher"] / "final", runs["student"] / "final", out / "data")
+    stages.times["summary"] = time.perf_counter() - start
+    _report(out, stages, results, runs, started)
     return 0
 
 

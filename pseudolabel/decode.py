@@ -116,6 +116,27 @@ def _open(data) -> Image.Image:
         raise DecodeFailure(f"cannot read image header ({type(e).__name__}: {e})") from None
 
 
+def _upright_rgb(im, orientation: int, w_raw: int, h_raw: int) -> np.ndarray:
+    """Decode (at the draft scale, if one was set), apply the EXIF orientation, uint8 RGB; any
+    decoding error is one ``DecodeFailure`` (naming the file's own ``w_raw`` x ``h_raw``)."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PIL warns about odd but decodable files (EXIF, ICC, palette)
+            im.load()
+            if orientation in _TRANSPOSE:
+                im = im.transpose(_TRANSPOSE[orientation])
+            rgb = pil_to_rgb(im)
+    except DecodeFailure:
+        raise
+    except MemoryError:
+        raise DecodeFailure(f"out of memory decoding a {w_raw}x{h_raw} image") from None
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as e:
+        raise DecodeFailure(f"cannot decode image ({type(e).__name__}: {e})") from None
+    if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
+        raise DecodeFailure(f"decoded to an empty array {rgb.shape}")
+    return rgb
+
+
 def decode_item(data, plan: DecodePlan) -> dict:
     """``data``: the file's bytes (or a PIL image). Returns ``inputs`` (per teacher, its model input
     [3, h, w], ``InputRule.prepare``), ``image_hw`` (the size of the stored image, which decoded samples have),
@@ -152,21 +173,7 @@ def decode_item(data, plan: DecodePlan) -> dict:
             im.draft(im.mode, request)
         except (OSError, ValueError):
             pass  # decode at full size
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # PIL warns about odd but decodable files (EXIF, ICC, palette)
-            im.load()
-            if orientation in _TRANSPOSE:
-                im = im.transpose(_TRANSPOSE[orientation])
-            rgb = pil_to_rgb(im)
-    except DecodeFailure:
-        raise
-    except MemoryError:
-        raise DecodeFailure(f"out of memory decoding a {w_raw}x{h_raw} image") from None
-    except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as e:
-        raise DecodeFailure(f"cannot decode image ({type(e).__name__}: {e})") from None
-    if rgb.ndim != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
-        raise DecodeFailure(f"decoded to an empty array {rgb.shape}")
+    rgb = _upright_rgb(im, orientation, w_raw, h_raw)
 
     stored = None
     if how == "original":

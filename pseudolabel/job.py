@@ -363,50 +363,45 @@ class _Signals(StopSignals):
             raise Stopped(self.signum)
 
 
+def _input_rule(cfg: PseudolabelConfig, reference: str, resolved):
+    """How the teacher sees an image: its processor (at ``--input-size`` if given) or Depth Anything's rule;
+    a one-size teacher (DPT-hybrid) refuses another size and TTA rescaling."""
+    from distill.inference import InputRule, processor_at_size  # noqa: PLC0415
+    from distill.preprocessing import INPUT_SIZE  # noqa: PLC0415
+
+    fixed = resolved.preprocessing.fixed_size
+    if cfg.input_size and fixed and cfg.input_size != fixed:
+        raise JobError(f"teacher {reference} takes one input size only ({fixed} px, a DPT-hybrid): "
+                       f"--input-size {cfg.input_size} cannot apply")
+    if cfg.tta == "flip+scales" and fixed:
+        raise JobError(f"teacher {reference} takes one input size only ({fixed} px, a DPT-hybrid): "
+                       "--tta flip+scales cannot rescale its input; use --tta flip")
+    processor = resolved.processor if cfg.resize == "processor" else None
+    if processor is not None and cfg.input_size and not fixed:
+        try:
+            processor = processor_at_size(processor, cfg.input_size, reference)
+        except ValueError as err:
+            raise JobError(str(err)) from None
+    return InputRule(cfg.resize, resolved.preprocessing, processor, cfg.input_size or INPUT_SIZE, cfg.max_aspect)
+
+
 class _Labeler:
     """The teachers, loaded once per process, and the pipeline that labels a batch of claimed units."""
 
     def __init__(self, cfg: PseudolabelConfig, job: dict, rank: int, world: int, local_rank: int):
         import torch  # noqa: PLC0415 - after the cheap checks
 
-        from distill.inference import InputRule, processor_at_size  # noqa: PLC0415
-        from distill.preprocessing import INPUT_SIZE  # noqa: PLC0415
         from pseudolabel.decode import ByteSource, DecodePlan  # noqa: PLC0415
         from pseudolabel.tta import Predictor  # noqa: PLC0415
 
         self.cfg, self.job = cfg, job
-        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
-        device = torch.device("cpu") if use_cpu else torch.device("cuda", local_rank % torch.cuda.device_count())
-        self.streams = cfg.streams or (min(2, torch.get_num_threads()) if device.type == "cpu" else 1)
-        if cfg.threads or (device.type == "cpu" and self.streams > 1):
-            torch.set_num_threads(cfg.threads or max(1, torch.get_num_threads() // self.streams))
-        import cv2  # noqa: PLC0415
-
-        cv2.setNumThreads(1)
-        precision = cfg.precision
-        if precision == "auto":
-            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-        autocast = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
+        device, precision, autocast = self._device(cfg, local_rank)
         references = cfg.teacher.split(",")
         names = teacher_names(references)
         predictors, teachers = [], []
         for name, reference in zip(names, references):
             resolved = _load_teacher(cfg, reference)
-            fixed = resolved.preprocessing.fixed_size
-            if cfg.input_size and fixed and cfg.input_size != fixed:
-                raise JobError(f"teacher {reference} takes one input size only ({fixed} px, a DPT-hybrid): "
-                               f"--input-size {cfg.input_size} cannot apply")
-            processor = resolved.processor if cfg.resize == "processor" else None
-            if processor is not None and cfg.input_size and not fixed:
-                try:
-                    processor = processor_at_size(processor, cfg.input_size, reference)
-                except ValueError as err:
-                    raise JobError(str(err)) from None
-            rule = InputRule(cfg.resize, resolved.preprocessing, processor, cfg.input_size or INPUT_SIZE, cfg.max_aspect)
-            if cfg.tta == "flip+scales" and fixed:
-                raise JobError(f"teacher {reference} takes one input size only ({resolved.preprocessing.fixed_size} px, "
-                               "a DPT-hybrid): --tta flip+scales cannot rescale its input; use --tta flip")
+            rule = _input_rule(cfg, reference, resolved)
             model = resolved.model.to(device).eval().requires_grad_(False)
             if cfg.compile:
                 model = torch.compile(model)
@@ -439,6 +434,22 @@ class _Labeler:
         self.stats = None
         self.labeled = self.skipped = self.units = self.labeled_committed = 0
         self.writer_cpu = 0.0
+
+    def _device(self, cfg: PseudolabelConfig, local_rank: int):
+        """(device, precision, autocast dtype); CPU thread split across the labeling streams."""
+        import cv2  # noqa: PLC0415
+        import torch  # noqa: PLC0415
+
+        use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes") or not torch.cuda.is_available()
+        device = torch.device("cpu") if use_cpu else torch.device("cuda", local_rank % torch.cuda.device_count())
+        self.streams = cfg.streams or (min(2, torch.get_num_threads()) if device.type == "cpu" else 1)
+        if cfg.threads or (device.type == "cpu" and self.streams > 1):
+            torch.set_num_threads(cfg.threads or max(1, torch.get_num_threads() // self.streams))
+        cv2.setNumThreads(1)
+        precision = cfg.precision
+        if precision == "auto":
+            precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return device, precision, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
     def label(self, units: list[int], claims: Claims, check_stop) -> list[int]:
         """Label ``units`` (claimed); returns those taken over by another process meanwhile (not committed).
@@ -493,6 +504,25 @@ def _holders(others: dict[int, dict]) -> str:
     return "; ".join(f"{owner}: {', '.join(names)}" for owner, names in by_owner.items())
 
 
+def _more_to_claim(cfg: PseudolabelConfig, order, done: set, claims: Claims, signals: _Signals, log, who: str) -> bool:
+    """Nothing was claimable: True to try again (a unit was freed, or a holder's claims are turning
+    stale after a poll), False when every unit is done or held live by other processes."""
+    out = cfg.output
+    left = [u for u in order if u not in done and not os.path.isfile(index_path(out, shard_name(u)))]
+    others = claims.others(left)
+    if not left:
+        return False
+    if len(others) < len(left):  # a unit was freed meanwhile: claim it
+        return True
+    if any(claim_state(c, cfg.claim_expiry_s) != "live" for c in others.values()):
+        time.sleep(POLL_S)  # a holder stopped renewing: its claims turn stale, then this process takes them
+        signals.check()
+        return True
+    log(f"{who}: nothing left to claim; {len(others)} units are being labeled by other processes "
+        f"({_holders(others)}): whichever finishes last writes the manifest")
+    return False
+
+
 def run(cfg: PseudolabelConfig, log=print) -> dict | None:
     """Label units of the job as long as some are free to claim; returns the manifest if the job is now complete."""
     cfg = normalise(cfg)
@@ -525,19 +555,8 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
                         for unit in batch:
                             claims.release(unit)
                         continue
-                    left = [u for u in order if u not in done and not os.path.isfile(index_path(out, shard_name(u)))]
-                    others = claims.others(left)
-                    if not left:
+                    if not _more_to_claim(cfg, order, done, claims, signals, log, f"process {rank + 1}/{world}"):
                         break
-                    if len(others) < len(left):  # a unit was freed meanwhile: claim it
-                        continue
-                    if any(claim_state(c, cfg.claim_expiry_s) != "live" for c in others.values()):
-                        time.sleep(POLL_S)  # a holder stopped renewing: its claims turn stale, then this process takes them
-                        signals.check()
-                        continue
-                    log(f"process {rank + 1}/{world}: nothing left to claim; {len(others)} units are being labeled by "
-                        f"other processes ({_holders(others)}): whichever finishes last writes the manifest")
-                    break
         finally:
             if labeler is not None:
                 labeler.bar.close()

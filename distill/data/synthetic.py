@@ -679,33 +679,10 @@ def _shadowed(prims, owner, p, light, point):
     return blocked
 
 
-def render_scene(seed: int, height: int = 256, width: int = 256, kind: str | None = None,
-                 num_objects: int | None = None, style: str = "render", photos: str = "train") -> SyntheticScene:
-    """Render scene ``seed``: a ``room`` (floor, walls, ceiling, point light) or an ``outdoor``
-    ground plane under a sky (sun light, far buildings), with boxes, spheres and cylinders standing
-    on the floor. ``kind`` and ``num_objects`` override the random choices (``num_objects=0``
-    leaves only the room / ground plane). ``style="photo"`` renders the photo domain (see above),
-    its textures cropped from the ``photos`` split (``train``, ``test``, ``all``)."""
-    if style not in STYLES:
-        raise ValueError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
-    photo = style == "photo"
-    names = photo_names(photos) if photo else None
-    rng = np.random.default_rng(seed)
-    style_rng = np.random.default_rng([seed, 1]) if photo else None  # textures, light, camera
-    if kind is None:
-        kind = KINDS[int(rng.random() < (0.5 if photo else 0.4))]
-    if kind not in KINDS:
-        raise ValueError(f"unknown scene kind {kind!r}; valid: {', '.join(KINDS)}")
-    hfov = math.radians(rng.uniform(45, 90))
-    fx = (width / 2) / math.tan(hfov / 2)
-    K = np.array([[fx, 0, (width - 1) / 2], [0, fx, (height - 1) / 2], [0, 0, 1.0]])
-    prims, cam, yaw, pitch, light = _sample(rng, kind, num_objects, hfov, PHOTO_LAYOUT if photo else RENDER_LAYOUT)
-    if photo:
-        _photo_materials(style_rng, prims, names)
-    light = [float(c) for c in light]  # python floats keep float32 shading in float32
-    R = _rotation(yaw, pitch)
-
-    # Primary rays R K^-1 [u, v, 1]: camera z = 1, so the ray parameter t equals planar depth.
+def _primary_rays(prims, K, R, cam, height: int, width: int):
+    """Cast the primary rays R K^-1 [u, v, 1] (camera z = 1, so the ray parameter is planar depth):
+    flat (t, index of the primitive hit or -1, ray directions)."""
+    fx = K[0, 0]
     xs = (np.arange(width) - K[0, 2]) / fx
     ys = (np.arange(height) - K[1, 2]) / fx
     d = [R[a, 0] * xs[None, :] + R[a, 1] * ys[:, None] + R[a, 2] for a in range(3)]  # (H, W)
@@ -721,20 +698,11 @@ def render_scene(seed: int, height: int = 256, width: int = 256, kind: str | Non
         closer = tk < tw
         tw[closer] = tk[closer]
         hit[win][closer] = k
-    t, hit, d = t.ravel(), hit.ravel(), [a.ravel() for a in d]
-    valid = np.isfinite(t) & (t <= MAX_DEPTH)
-    depth = np.where(valid, t, 0).astype(np.float32)
+    return t.ravel(), hit.ravel(), [a.ravel() for a in d]
 
-    # Shading in float32, on pixels sorted by the primitive they hit (sky first), so that each
-    # primitive owns a contiguous slice: no per-primitive gathers and scatters.
-    order = np.argsort(hit, kind="stable")
-    owner = hit[order]
-    bounds = np.searchsorted(owner, np.arange(len(prims) + 1)) - np.searchsorted(owner, 0)
-    n_sky = int(np.searchsorted(owner, 0))
-    owner, ds = owner[n_sky:], [a[order].astype(np.float32) for a in d]
-    ts, dh = t[order][n_sky:].astype(np.float32), [a[n_sky:] for a in ds]
-    p = [o[a] + ts * dh[a] for a in range(3)]
-    dist = ts * np.sqrt(dh[0] * dh[0] + dh[1] * dh[1] + dh[2] * dh[2])
+
+def _surfaces(prims, bounds, p, dh, ts, dist, fx: float):
+    """Normals and albedo (channels first) of the hit points, each primitive on its contiguous slice."""
     n = [np.empty_like(ts) for _ in range(3)]
     alb = np.empty((3, ts.size), np.float32)  # channels first: see Material.albedo
     for k, prim in enumerate(prims):
@@ -755,6 +723,11 @@ def render_scene(seed: int, height: int = 256, width: int = 256, kind: str | Non
                 if sel.size:
                     for c, ch in enumerate(mat.albedo(u[sel], v[sel], footprint[sel])):
                         alb[c][sl][sel] = ch
+    return n, alb
+
+
+def _light(kind: str, light, prims, owner, p, n, alb, dist, style_rng):
+    """Direct light with cast shadows plus ambient, on the albedo; photo style: a tinted light."""
     if kind == "room":  # point light with quadratic falloff, a little ambient
         lx, ly, lz = light[0] - p[0], light[1] - p[1], light[2] - p[2]
         l2 = lx * lx + ly * ly + lz * lz
@@ -767,7 +740,7 @@ def render_scene(seed: int, height: int = 256, width: int = 256, kind: str | Non
     if lit.size and len(prims) > 1:  # cast shadows, from points lifted off the surface
         lifted = tuple(p[a][lit] + 1e-3 * n[a][lit] for a in range(3))
         direct[lit[_shadowed(prims, owner[lit], lifted, light, kind == "room")]] = 0
-    if photo:  # tinted light (warm lamps, cool daylight) of another strength, another ambient
+    if style_rng is not None:  # tinted light (warm lamps, cool daylight) of another strength, another ambient
         tint = np.asarray(_hsv(style_rng.uniform(0.0, 0.7), style_rng.uniform(0, 0.35), 1.0), np.float32)
         tint *= style_rng.uniform(0.6, 1.6)
         amb = amb * style_rng.uniform(0.4, 1.8)
@@ -776,17 +749,66 @@ def render_scene(seed: int, height: int = 256, width: int = 256, kind: str | Non
         img = alb * (amb + direct)
     if kind == "outdoor":  # aerial perspective: fade to the horizon colour with distance
         img += (_HORIZON[:, None] - img) * (1 - np.exp(-dist / 60))
-    sky = _sky(*(a[:n_sky] for a in ds), light) if n_sky else [np.empty(0, np.float32)] * 3
-    if photo:
+    return img
+
+
+def _to_image(sky, img, order, height: int, width: int, style_rng) -> np.ndarray:
+    """Sky and shaded pixels back to pixel order: the photo style through its camera model, the
+    render style gamma-2 encoded."""
+    if style_rng is not None:
         linear = np.empty((3, height * width), np.float32)
-        for c in range(3):  # back to pixel order
+        for c in range(3):
             linear[c][order] = np.concatenate([sky[c], img[c]])
-        image = _camera(linear, height, width, style_rng)
-    else:
-        image = np.empty((3, height * width), np.uint8)
-        for c in range(3):  # gamma 2 encoding, back to pixel order
-            image[c][order] = np.sqrt(np.clip(np.concatenate([sky[c], img[c]]), 0, 1)) * 255 + 0.5
-        image = np.ascontiguousarray(image.T)
+        return _camera(linear, height, width, style_rng)
+    image = np.empty((3, height * width), np.uint8)
+    for c in range(3):
+        image[c][order] = np.sqrt(np.clip(np.concatenate([sky[c], img[c]]), 0, 1)) * 255 + 0.5
+    return np.ascontiguousarray(image.T)
+
+
+def render_scene(seed: int, height: int = 256, width: int = 256, kind: str | None = None,
+                 num_objects: int | None = None, style: str = "render", photos: str = "train") -> SyntheticScene:
+    """Render scene ``seed``: a ``room`` (floor, walls, ceiling, point light) or an ``outdoor``
+    ground plane under a sky (sun light, far buildings), with boxes, spheres and cylinders standing
+    on the floor. ``kind`` and ``num_objects`` override the random choices (``num_objects=0``
+    leaves only the room / ground plane). ``style="photo"`` renders the photo domain (see above),
+    its textures cropped from the ``photos`` split (``train``, ``test``, ``all``)."""
+    if style not in STYLES:
+        raise ValueError(f"unknown style {style!r}; valid: {', '.join(STYLES)}")
+    photo = style == "photo"
+    rng = np.random.default_rng(seed)
+    style_rng = np.random.default_rng([seed, 1]) if photo else None  # textures, light, camera
+    if kind is None:
+        kind = KINDS[int(rng.random() < (0.5 if photo else 0.4))]
+    if kind not in KINDS:
+        raise ValueError(f"unknown scene kind {kind!r}; valid: {', '.join(KINDS)}")
+    hfov = math.radians(rng.uniform(45, 90))
+    fx = (width / 2) / math.tan(hfov / 2)
+    K = np.array([[fx, 0, (width - 1) / 2], [0, fx, (height - 1) / 2], [0, 0, 1.0]])
+    prims, cam, yaw, pitch, light = _sample(rng, kind, num_objects, hfov, PHOTO_LAYOUT if photo else RENDER_LAYOUT)
+    if photo:
+        _photo_materials(style_rng, prims, photo_names(photos))
+    light = [float(c) for c in light]  # python floats keep float32 shading in float32
+    R = _rotation(yaw, pitch)
+    t, hit, d = _primary_rays(prims, K, R, cam, height, width)
+    valid = np.isfinite(t) & (t <= MAX_DEPTH)
+    depth = np.where(valid, t, 0).astype(np.float32)
+
+    # Shading in float32, on pixels sorted by the primitive they hit (sky first), so that each
+    # primitive owns a contiguous slice: no per-primitive gathers and scatters.
+    order = np.argsort(hit, kind="stable")
+    owner = hit[order]
+    bounds = np.searchsorted(owner, np.arange(len(prims) + 1)) - np.searchsorted(owner, 0)
+    n_sky = int(np.searchsorted(owner, 0))
+    owner, ds = owner[n_sky:], [a[order].astype(np.float32) for a in d]
+    ts, dh = t[order][n_sky:].astype(np.float32), [a[n_sky:] for a in ds]
+    o = tuple(float(c) for c in cam)
+    p = [o[a] + ts * dh[a] for a in range(3)]
+    dist = ts * np.sqrt(dh[0] * dh[0] + dh[1] * dh[1] + dh[2] * dh[2])
+    n, alb = _surfaces(prims, bounds, p, dh, ts, dist, fx)
+    img = _light(kind, light, prims, owner, p, n, alb, dist, style_rng)
+    sky = _sky(*(a[:n_sky] for a in ds), light) if n_sky else [np.empty(0, np.float32)] * 3
+    image = _to_image(sky, img, order, height, width, style_rng)
     pose = np.eye(4)
     pose[:3, :3], pose[:3, 3] = R, cam
     return SyntheticScene(image.reshape(height, width, 3), depth.reshape(height, width),
