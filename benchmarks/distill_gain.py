@@ -151,7 +151,7 @@ class Experiment:
         s = self.args.steps
         return [f"output_dir={out}", f"seed={seed}", f"max_steps={s}", f"batch_size={self.args.batch_size}",
                 f"eval_every={eval_every or s}", f"save_every={s}", "tracker=none", "data.val_max_samples=64",
-                "log_every=25"]
+                "log_every=25", "resume=latest"]  # an interrupted row continues (or restarts) where it stopped
 
     def write_config(self, name: str, config: dict) -> Path:
         config["data"]["val"] = [{"reader": "folder", "root": str(self.data / f"val-{s}"), "options": {"max_depth": MAX_DEPTH}}
