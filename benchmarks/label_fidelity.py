@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 from distill.config import ConfigError, load_config, parse_cli, run_main  # noqa: E402
 from distill.data.readers import FolderReader  # noqa: E402
+from distill.data.synthetic import MAX_DEPTH  # noqa: E402
 from distill.data.shards import ShardReader  # noqa: E402
 from distill.metrics import default_protocol, depth_metrics, protocol_depth  # noqa: E402
 from distill.quickstart import Stages, accelerate_launch  # noqa: E402
@@ -107,12 +108,13 @@ def labels_by_image(out: Path) -> tuple[dict[str, np.ndarray], OutputSpace]:
 
 
 def score(labels: dict[str, np.ndarray], space: OutputSpace, truth: dict[str, np.ndarray]) -> float:
-    """Mean per-image AbsRel against the ground truth under the space's default protocol."""
+    """Mean per-image AbsRel against the ground truth under the space's default protocol, aligned
+    predictions clamped to the generator's depth range (an affine disparity fit can cross zero)."""
     values = []
     for key, gt in truth.items():
         gt_t = torch.from_numpy(gt)[None]
         mask = gt_t > 0
-        depth = protocol_depth(torch.from_numpy(labels[key])[None], space, gt_t, mask)
+        depth = protocol_depth(torch.from_numpy(labels[key])[None], space, gt_t, mask, depth_range=(1e-3, MAX_DEPTH))
         values.append(depth_metrics(depth, gt_t, mask)["abs_rel"])
     return float(np.mean(values))
 
