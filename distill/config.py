@@ -28,13 +28,18 @@ and ``run_main`` turn it into ``PROG: error: LINE`` on stderr and exit code 2 (`
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import functools
+import inspect
 import json
 import os
 import re
 import sys
+import textwrap
 import types
+import tokenize
 import typing
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
@@ -116,137 +121,83 @@ def _read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
-def _set_dotted(data: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node: Any = data
-    for i, key in enumerate(keys[:-1]):
-        if isinstance(node, list):
-            node = node[_list_index(node, key, keys[: i + 1])]
-            continue
-        if not isinstance(node.get(key), (dict, list)):
-            node[key] = {}
-        node = node[key]
-    last = keys[-1]
-    if isinstance(node, list):
-        node[_list_index(node, last, keys)] = value
-    else:
-        node[last] = value
-
-
-def _list_index(node: list, key: str, path: list[str]) -> int:
-    if not key.isdigit() or int(key) >= len(node):
-        raise ConfigError(f"override {'.'.join(path)}: index {key!r} is not in a list of {len(node)} items")
-    return int(key)
-
-
-def apply_overrides(data: dict, overrides: typing.Iterable[str]) -> dict:
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"override {item!r} is not of the form key=value")
-        try:
-            value = _load_yaml(raw) if raw else ""
-        except yaml.YAMLError:
-            value = raw
-        _set_dotted(data, key.strip(), value)
-    return data
-
-
-def _type_name(tp) -> str:
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _convert(value: Any, tp, path: str):
-    """Check/convert one value against a type hint; raise ConfigError naming ``path``."""
-    origin = get_origin(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, path)
-            except ConfigError as err:
-                errors.append(str(err))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{path}: {value!r} matches none of {_type_name(tp)}")
-    if origin is Literal:
-        if value not in get_args(tp):
-            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, get_args(tp)))}")
-        return value
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping for {tp.__name__}, got {value!r}")
-        return _build(tp, value, path)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{path}: expected a list, got {value!r}")
-        args = get_args(tp)
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ConfigError(f"{path}: expected {len(args)} items, got {len(value)}")
-            return tuple(_convert(v, a, f"{path}.{i}") for i, (v, a) in enumerate(zip(value, args)))
-        item_type = args[0] if args else Any
-        items = [_convert(v, item_type, f"{path}.{i}") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        _, value_type = get_args(tp) or (str, Any)
-        return {k: _convert(v, value_type, f"{path}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ConfigError(f"{path}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{path}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise ConfigError(f"{path}: expected a string, got {value!r}")
-    raise ConfigError(f"{path}: unsupported config type {_type_name(tp)}")
-
-
-def _build(cls, data: dict, path: str = ""):
-    hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
-    prefix = f"{path}." if path else ""
-    unknown = [k for k in data if k not in fields]
-    if unknown:
-        where = f" under '{path}'" if path else ""
-        raise ConfigError(f"unknown key '{prefix}{unknown[0]}'; valid keys{where}: {', '.join(fields)}")
-    kwargs = {}
-    for name, field in fields.items():
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], prefix + name)
-        elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
-            raise ConfigError(f"missing required key '{prefix}{name}'")
+def _override(item: str) -> tuple[str, Any]:
+    """``key=value`` -> (key, the value read as YAML 1.2; an unreadable value stays the raw string)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {item!r} is not of the form key=value")
     try:
-        return cls(**kwargs)
-    except (ValueError, TypeError) as err:  # a dataclass' own __post_init__ validation
-        raise ConfigError(f"{path or cls.__name__}: {err}") from None
+        return key.strip(), _load_yaml(raw) if raw else ""
+    except yaml.YAMLError:
+        return key.strip(), raw
+
+
+def _check_indexes(cfg, key: str) -> None:
+    """An override into a list names an existing item (OmegaConf would say so in a traceback)."""
+    from omegaconf import ListConfig, OmegaConf  # noqa: PLC0415
+
+    parts = key.split(".")
+    for n in range(1, len(parts)):
+        node = OmegaConf.select(cfg, ".".join(parts[:n]), default=None)
+        if isinstance(node, ListConfig) and (not parts[n].isdigit() or int(parts[n]) >= len(node)):
+            raise ConfigError(f"override {'.'.join(parts[:n + 1])}: index {parts[n]!r} is not in a list of {len(node)} items")
+
+
+_OMEGA_VALUE = re.compile(r"^(?:Value|Invalid value) '(.*?)'(?: of type '(\w+)')?")
+
+
+def _explain(err, cls) -> str:
+    """An OmegaConf error as this project's one line, naming the dotted key (``groups.0.parts``)."""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue  # noqa: PLC0415
+
+    key = re.sub(r"\[(\d+)\]", r".\1", str(getattr(err, "full_key", "") or ""))
+    msg = str(getattr(err, "msg", None) or err).strip().splitlines()[0]
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and " not in " in msg:
+        parent = key.rpartition(".")[0]
+        _, tp = _key_type(cls, parent) if parent else (None, cls)
+        fields = ", ".join(_init_fields(_unoptional(tp))) if dataclasses.is_dataclass(_unoptional(tp)) else "?"
+        return f"unknown key '{key}'; valid keys{f' under {parent!r}' if parent else ''}: {fields}"
+    if isinstance(err, MissingMandatoryValue):
+        return f"missing required key '{key}'"
+    tp = _unoptional(_key_type(cls, key)[1]) if key else None
+    match = _OMEGA_VALUE.match(msg)
+    got = match.group(1) if match else None
+    got = repr(got) if got is None or (match and match.group(2) in (None, "str")) else got
+    if get_origin(tp) is Literal:
+        return f"{key}: {got} is not one of {', '.join(map(repr, get_args(tp)))}"
+    expected = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp)
+    if expected and match:
+        return f"{key}: expected {expected}, got {got}"
+    return f"{key}: {msg}" if key else msg
+
+
+def _build(cls, data: dict, overrides: typing.Iterable[str]):
+    """OmegaConf does the typing, merging and validation: the dataclass as a structured config (its
+    defaults), the YAML merged onto it, each override set by its dotted key, then the dataclass built
+    (its ``__post_init__`` checks included)."""
+    from omegaconf import OmegaConf  # noqa: PLC0415
+    from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
+
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(cls), data)
+        for item in overrides:
+            key, value = _override(item)
+            _check_indexes(cfg, key)
+            OmegaConf.update(cfg, key, value, merge=True)
+        OmegaConf.to_container(cfg, throw_on_missing=True)  # every value checked before any dataclass is built
+    except OmegaConfBaseException as err:
+        raise ConfigError(_explain(err, cls)) from None
+    try:
+        return OmegaConf.to_object(cfg)
+    except (ValueError, TypeError) as err:  # a dataclass's own __post_init__ check
+        raise ConfigError(f"{cls.__name__}: {str(err).strip().splitlines()[0]}") from None
 
 
 def load_config(cls, path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = ()):
     """Build ``cls`` (a dataclass) from a YAML file (optional) and ``key=value`` overrides."""
     data = _read_yaml(path) if path is not None else {}
     try:
-        return _build(cls, apply_overrides(data, overrides))
+        return _build(cls, data, overrides)
     except ConfigError as err:
         raise ConfigError(f"{os.fspath(path)}: {err}" if path is not None else str(err)) from None
 
@@ -340,14 +291,33 @@ def _is_bool(tp) -> bool:
 
 
 def _flat_fields(cls, prefix: str = ""):
-    """``(dotted key, type hint, field)`` for every field, nested dataclasses flattened."""
-    hints = get_type_hints(cls)
+    """``(dotted key, type hint, field, help)`` for every field, nested dataclasses flattened."""
+    hints, helps = get_type_hints(cls), field_help(cls)
     for f in _init_fields(cls).values():
         tp = hints[f.name]
         if dataclasses.is_dataclass(tp):
             yield from _flat_fields(tp, f"{prefix}{f.name}.")
         else:
-            yield f"{prefix}{f.name}", tp, f
+            yield f"{prefix}{f.name}", tp, f, helps.get(f.name, "")
+
+
+@functools.lru_cache(maxsize=None)
+def field_help(cls) -> dict[str, str]:
+    """What each field means: the comment after it in the dataclass's source (``name: type = x  # help``),
+    inherited fields included; {} where the source cannot be read."""
+    helps = {}
+    for klass in reversed([k for k in cls.__mro__ if dataclasses.is_dataclass(k)]):
+        try:
+            lines, start = inspect.getsourcelines(klass)
+        except (OSError, TypeError):
+            continue
+        comments = {tok.start[0]: tok.string.lstrip("#").strip()
+                    for tok in tokenize.generate_tokens(iter(lines).__next__) if tok.type == tokenize.COMMENT}
+        body = ast.parse(textwrap.dedent("".join(lines))).body[0].body
+        for node in body:
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.lineno in comments:
+                helps[node.target.id] = comments[node.lineno]
+    return helps
 
 
 def _type_label(tp) -> str:
@@ -382,17 +352,18 @@ def _default_label(f: dataclasses.Field) -> str:
 
 
 def _help(cls, prog: str, aliases: dict[str, str]) -> str:
-    rows = [(key, _type_label(tp), _default_label(f)) for key, tp, f in _flat_fields(cls)]
+    rows = [(key, _type_label(tp), _default_label(f), help) for key, tp, f, help in _flat_fields(cls)]
     kw = max((len(r[0]) for r in rows), default=0)
     tw = max((len(r[1]) for r in rows), default=0)
+    dw = max((len(r[2]) for r in rows), default=0)
     lines = [
         f"usage: {prog} [--config FILE] [key=value | --key value ...]",
         "",
         "--config FILE first, then the items in order (a later one wins). Every key is also a flag:",
         "--key value, --key=value (dashes = underscores); booleans: --key, --no-key, --key true|false.",
         "",
-        "keys (type, default):",
-        *(f"  {key:<{kw}}  {label:<{tw}}  {default}".rstrip() for key, label, default in rows),
+        "keys (type, default, meaning):",
+        *(f"  {key:<{kw}}  {label:<{tw}}  {default:<{dw}}  {help}".rstrip() for key, label, default, help in rows),
     ]
     if aliases:
         lines += ["", "aliases:", *(f"  --{name} -> {key}" for name, key in aliases.items())]
@@ -445,7 +416,7 @@ class _Flags:
         return None, False, False
 
     def unknown(self, flag: str, name: str) -> str:
-        candidates = ["config", *(key for key, _, _ in _flat_fields(self.cls)), *self.aliases]
+        candidates = ["config", *(key for key, *_ in _flat_fields(self.cls)), *self.aliases]
         match = _suggest(self._norm(name), candidates)
         hint = f"did you mean '--{match}'?" if match else "--help lists the keys"
         return f"unknown option {flag!r}; {hint}"

@@ -57,20 +57,20 @@ class ModelConfig:
     dinov2: str | None = None  # encoder init: DINOv2 hub id or directory (decoder random)
     init_from: str | None = None  # or a whole depth model in transformers format
     max_depth: int | None = None  # metric/GP2 head unit; default per output space
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in the backward pass: less memory, slower
     drop_path_rate: float = 0.0  # stochastic depth of a ViT encoder (model noise for students); 0: off
 
 
 @dataclass
 class OptimConfig:
-    optimizer: Literal["adamw", "adam"] = "adamw"
+    optimizer: Literal["adamw", "adam"] = "adamw"  # torch.optim.AdamW or Adam
     lr: float = 5e-6  # encoder
     decoder_lr_scale: float = 10.0  # decoder lr = lr * this (Depth Anything: 10x)
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int = 0
-    schedule: Literal["poly", "linear", "cosine", "constant"] = "poly"
-    poly_power: float = 0.9
+    weight_decay: float = 0.01  # not on norms, biases, position embeddings and tokens
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam(W) betas
+    warmup_steps: int = 0  # linear lr warm-up from 0 over this many steps; 0: none
+    schedule: Literal["poly", "linear", "cosine", "constant"] = "poly"  # lr decay to 0 at max_steps after warm-up
+    poly_power: float = 0.9  # exponent of the poly schedule: lr * (1 - progress)^poly_power
     grad_clip: float = 1.0  # 0: off
     layer_decay: float = 1.0  # ViT encoder block i of L at lr * layer_decay^(L - i), embeddings ^(L + 1); 1: off
     ema_decay: float = 0.0  # EMA of the weights, validated and exported instead of them; 0: off
@@ -87,23 +87,23 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    output_dir: str = "runs/train"
-    max_steps: int = 1000
+    output_dir: str = "runs/train"  # the run's folder: config, checkpoints/, metrics.jsonl, final/
+    max_steps: int = 1000  # optimizer steps in all
     batch_size: int = 8  # global: across processes and accumulation steps
-    grad_accum: int = 1
-    precision: Literal["no", "fp16", "bf16"] = "no"
-    seed: int = 0
-    compile: bool = False
-    log_every: int = 10
+    grad_accum: int = 1  # micro-batches per optimizer step (gradient accumulation)
+    precision: Literal["no", "fp16", "bf16"] = "no"  # mixed precision; no: fp32
+    seed: int = 0  # seed of the initial weights, data order and augmentations
+    compile: bool = False  # torch.compile the model
+    log_every: int = 10  # log loss, lr and samples/s every this many steps
     eval_every: int = 500  # 0: only at the end
     save_every: int = 1000  # 0: only at the end
-    keep_checkpoints: int = 2
+    keep_checkpoints: int = 2  # newest checkpoints kept; 0: all
     resume: str | None = None  # "latest" or a checkpoint directory
     overwrite: bool = False  # a fresh run may replace an earlier run's checkpoints, metrics and final model
-    tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    tracker: Literal["tensorboard", "wandb", "none"] = "tensorboard"  # where metrics go besides metrics.jsonl
+    model: ModelConfig = field(default_factory=ModelConfig)  # the model trained
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and lr schedule
+    data: DataConfig = field(default_factory=DataConfig)  # training and validation data
 
 
 # --- pieces ----------------------------------------------------------------------------------------

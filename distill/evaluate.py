@@ -91,7 +91,7 @@ class EvaluateConfig:
     protocol: str | None = None  # default: from the model's output space
     output: str | None = None  # JSON file for the metrics (a CSV of per-image rows goes beside it)
     save_visuals: str | None = None  # write per-image PNG strips and PLY point clouds here
-    max_images: int | None = None
+    max_images: int | None = None  # score only the first N images; default: all
     max_depth: float | None = None  # a cap for benchmarks without a published range (folder): predictions clamped to it, ground truth beyond it not scored
     input_size: int = INPUT_SIZE  # inference shorter side
     batch_size: int = 1  # images per forward pass (same-size images only)

@@ -209,8 +209,8 @@ Relative L2 of the depth, onnxruntime (CPU) vs PyTorch fp32, at most {info['tole
 class ExportConfig:
     model: str | None = None  # run dir, model dir or hub id
     output: str | None = None  # output folder (created)
-    precision: Literal["fp32", "fp16"] = "fp32"
-    opset: int = 18
+    precision: Literal["fp32", "fp16"] = "fp32"  # ONNX weights and input dtype (fp16: model_fp16.onnx)
+    opset: int = 18  # ONNX opset version, at least 17
     check_images: list[str] = field(default_factory=list)  # photos for the parity check (files or folders)
     check_sizes: list[int] = field(default_factory=lambda: [112, 224])  # shorter sides checked
 

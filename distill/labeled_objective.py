@@ -20,11 +20,11 @@ from distill.spaces import (
 
 @dataclass
 class LabeledObjectiveConfig:
-    kind: Literal["gp2", "ssi"] = "gp2"
+    kind: Literal["gp2", "ssi"] = "gp2"  # gp2: depth up to scale (geometry-preserving); ssi: SSI + gradient on disparity
     uts_weight: float = 1.0  # GP2: weight of the UTS term on geometrically complete samples
     ssi_variant: Literal["median", "lsq"] = "median"  # ssi: median/MAD + MAE (V1 paper) or LSQ + MSE (gist)
     gradient_weight: float = 2.0  # ssi: Depth Anything V2 uses SSI : gradient = 1 : 2
-    gradient_scales: int = 4
+    gradient_scales: int = 4  # ssi: scales of the gradient-matching loss (stride 2^k)
     trim: float = 0.0  # drop this fraction of each sample's largest per-pixel losses (0.1 = V2's top-10%)
 
 

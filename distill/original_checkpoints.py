@@ -84,7 +84,7 @@ def convert_original_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str
     return out
 
 
-# transformers before the attention/MLP refactor names DINOv2 blocks differently (5.17, the GPU
+# transformers before the attention/MLP refactor names DINOv2 blocks differently (e.g. 5.17
 # machines' version): the same tensors under the earlier names.
 _EARLIER_DINOV2_NAMES = {
     "attention.q_proj.": "attention.attention.query.",

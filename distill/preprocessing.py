@@ -1,7 +1,7 @@
-"""The one preprocessing rule, from uint8 image to model input (docs/RECIPE.md#input-preprocessing).
-
-Training transforms, labeling and its test-time augmentation, evaluation, validation and the
-quickstart all resize and normalise through this module, so they cannot drift apart:
+"""Depth Anything's inference rule, from uint8 image to model input (docs/RECIPE.md#input-preprocessing):
+what evaluation, validation, the labeling job's ``resize=depth_anything`` rule and its test-time
+scales resize with, and how every stage normalises (training crops are albumentations',
+``distill.data.transforms``; the labeling default is the model's own image processor, ``distill.inference``):
 
 - size: aspect kept, shorter side at least ``size``, both sides multiples of the model's size
   multiple (rounded to the nearest multiple, up where that would fall below ``size``); optionally
@@ -10,7 +10,7 @@ quickstart all resize and normalise through this module, so they cannot drift ap
 - resampling: OpenCV bicubic;
 - normalisation: ``Preprocessing``, whose statistics, rescale factor and size multiple are read from
   the model's own image processor (``Preprocessing.from_image_processor``; a model without one gets
-  ``Preprocessing()``: ImageNet mean/std, /255, patch 14, the Depth Anything / DINOv2 values);
+  its family's input rule, ``distill.registry.input_rule``);
 - a model that takes one square size only (DPT-hybrid: ``fixed_input_size``) gets every image
   resized to that square, aspect not kept (``Preprocessing.input_hw`` / ``resize``).
 

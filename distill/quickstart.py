@@ -329,9 +329,9 @@ def table(results: dict) -> str:
 # ------------------------------------------------------------------------------------ main
 @dataclass
 class QuickstartConfig:
-    output_dir: str = "runs/quickstart"
-    teacher_steps: int = 1000
-    student_steps: int = 1000
+    output_dir: str = "runs/quickstart"  # every stage's output (an earlier quickstart's is replaced)
+    teacher_steps: int = 1000  # teacher training steps
+    student_steps: int = 1000  # student training steps
     unlabeled_scenes: int = 500  # held-out synthetic scenes to pseudo-label
     test_scenes: int = 64  # synthetic scenes to evaluate on
 

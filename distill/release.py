@@ -333,7 +333,7 @@ class ReleaseConfig:
     datasets: list[str] = field(default_factory=list)  # Hub dataset ids trained on
     output_dir: str | None = None  # release folder (default runs/release/<NAME>)
     input_size: int = INPUT_SIZE  # image processor size
-    commit_message: str | None = None
+    commit_message: str | None = None  # Hub commit message; default: Release NAME (depth-distill)
     onnx: str | None = None  # an export folder of distill/export.py: its ONNX file goes in onnx/
 
 

@@ -115,7 +115,7 @@ def prediction_point_cloud(prediction, output_space: OutputSpace, intrinsics, ma
     if not output_space.gives_point_cloud:
         raise ValueError(
             f"a {output_space.space} map with geometry {output_space.geometry!r} has an unknown shift: "
-            "align it to ground truth first (distill.metrics.align_lsq), then build the point cloud"
+            "align it to ground truth first (distill.alignment.align_lsq), then build the point cloud"
         )
     return point_cloud(to_depth(prediction, output_space.space), intrinsics, mask)
 

@@ -20,54 +20,54 @@ TTA_MODES = ("none", "flip", "flip+scales")
 class PseudolabelConfig:
     # a teacher run (its final/), a transformers depth model dir or hub id (any architecture
     # AutoModelForDepthEstimation knows), or an original Depth Anything .pth/.safetensors file
-    teacher: str | None = None
+    teacher: str | None = None  # required: run, model dir, hub id or .pth/.safetensors; several: comma-separated
     teacher_preset: str | None = None  # the size of an original weight file (vits, vitb, vitl, vitg)
     teacher_max_depth: int | None = None  # an original metric weight file's max_depth (20 indoor, 80 outdoor)
     input: str | None = None  # directory, glob, list file, .tar shard(s), or hf:NAME_OR_PATH
-    output: str | None = None
-    input_type: Literal["auto", "files", "list", "tars", "hf", "urls"] = "auto"
+    output: str | None = None  # required: the output folder of WebDataset shards
+    input_type: Literal["auto", "files", "list", "tars", "hf", "urls"] = "auto"  # the input's kind; auto: detected
     hf_split: str = "train"  # Hugging Face inputs: split, image column, optional key column
-    image_column: str = "image"
-    key_column: str | None = None
+    image_column: str = "image"  # Hugging Face inputs: the image column
+    key_column: str | None = None  # Hugging Face inputs: the key column; default: row number
 
     # inference (distill.inference.InputRule)
     # processor: the teacher's own image processor and post-processing (what pipeline() does);
     # depth_anything: Depth Anything's original rule, shorter side >= input_size, OpenCV bicubic
-    resize: Literal["processor", "depth_anything"] = "processor"
+    resize: Literal["processor", "depth_anything"] = "processor"  # the teacher's image processor, or Depth Anything's rule
     input_size: int | None = None  # the target size of either rule (default: 518 / the processor's own)
     max_aspect: float = 4.0  # depth_anything rule: longer side capped at input_size * max_aspect
-    tta: Literal["none", "flip", "flip+scales"] = "none"
+    tta: Literal["none", "flip", "flip+scales"] = "none"  # test-time augmentation views; confidence from their agreement
     tta_scales: list[float] = field(default_factory=lambda: [0.75, 1.25])  # extra scales for flip+scales
     confidence_tau: float = 0.05  # confidence = exp(-relative spread / tau), see pseudolabel.tta
-    batch_size: int = 8
+    batch_size: int = 8  # images per forward pass
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool = False
+    compile: bool = False  # torch.compile the teacher(s)
     threads: int = 0  # torch CPU threads of each stream; 0: torch's default / streams
     streams: int = 0  # concurrent forwards (pseudolabel.runner); 0: 1 on GPU, 2 on a CPU with 2+ cores
 
     # decoding
-    num_workers: int = 2
-    prefetch_factor: int = 4
+    num_workers: int = 2  # decoding worker processes; 0: in the main process
+    prefetch_factor: int = 4  # batches each decoding worker prepares ahead
     draft: bool = True  # decode JPEGs at a reduced DCT scale when the target is much smaller
     max_pixels: int = 100_000_000  # decompression-bomb guard: larger images are skipped
     bucket_buffer: int = 0  # images a worker may hold while filling size buckets; 0: 4 x batch_size
     nice: int = 10  # niceness of decoding workers and writer threads: on shared cores the model runs first
 
     # output
-    store_image: Literal["original", "reencode", "none"] = "original"
+    store_image: Literal["original", "reencode", "none"] = "original"  # the input's bytes, re-encoded, or no image
     image_max_side: int = 1024  # store_image=reencode: longer side at most this
     image_ext: Literal["jpg", "png", "webp"] = "jpg"  # the image field of every sample
-    jpeg_quality: int = 95
+    jpeg_quality: int = 95  # quality of re-encoded jpg/webp images (1-100)
     shard_size: int = 1000  # inputs per shard (a shard holds fewer samples when some are skipped)
     # depth.png / conf.png at the teacher's resolution ("inference": decode_sample resizes them to the
     # image, bilinear, when reading) or already resized to the stored image ("original": 5-20x the
     # bytes and encoding time for photos, the same decoded samples)
-    label_size: Literal["inference", "original"] = "inference"
+    label_size: Literal["inference", "original"] = "inference"  # label PNGs at the teacher's or the stored image's size
     png_compression: int = 1  # zlib level of depth/confidence PNGs (0-9)
     encode_threads: int = 0  # threads encoding PNGs behind the writer; 0: 1 on CPU, 4 on GPU
     queue_size: int = 8  # batches waiting for the writer (bounded: memory stays flat)
     dataset_name: str | None = None  # Sample.dataset of decoded samples; default: output dir name
-    progress: bool = True
+    progress: bool = True  # progress bar on stderr (first process)
 
     # launches sharing one output (pseudolabel.claims)
     claim_units: int = 8  # units claimed at a time (each batch restarts the decoding workers)

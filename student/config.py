@@ -10,14 +10,14 @@ from distill.labeled_objective import LabeledObjectiveConfig
 
 @dataclass
 class PerturbConfig:
-    enabled: bool = True
-    color_jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    blur_p: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    enabled: bool = True  # perturb pseudo-labeled images: colour jitter, blur, CutMix
+    color_jitter_p: float = 0.8  # probability of colour jitter per image (offline mode only)
+    brightness: float = 0.4  # colour jitter: brightness factor in [1 - x, 1 + x]
+    contrast: float = 0.4  # colour jitter: contrast factor in [1 - x, 1 + x]
+    saturation: float = 0.4  # colour jitter: saturation factor in [1 - x, 1 + x]
+    hue: float = 0.1  # colour jitter: hue shift in [-x, x] (at most 0.5)
+    blur_p: float = 0.5  # probability of Gaussian blur per image (offline mode only)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)  # Gaussian blur sigma range, px
     cutmix_p: float = 0.5  # probability that a batch's pseudo-labeled rows are CutMix-ed
 
 
@@ -27,10 +27,10 @@ class StudentObjectiveConfig:
     trim: float = 0.1  # Depth Anything V2: ignore each sample's 10% largest per-pixel losses
     gradient_weight: float = 2.0  # relative (SSI) students: SSI + gradient matching
     feature_weight: float = 1.0  # 0: no feature alignment
-    feature_margin: float = 0.15
+    feature_margin: float = 0.15  # tokens with 1 - cos below this get no feature-alignment loss
     confidence: bool = True  # use shards' confidence maps where present
-    confidence_threshold: float = 0.1
-    perturb: PerturbConfig = field(default_factory=PerturbConfig)
+    confidence_threshold: float = 0.1  # pseudo-label pixels with confidence at most this are ignored
+    perturb: PerturbConfig = field(default_factory=PerturbConfig)  # strong perturbations of pseudo-labeled images
     labeled: LabeledObjectiveConfig = field(default_factory=LabeledObjectiveConfig)  # for labeled rows
 
 
@@ -39,12 +39,12 @@ class StudentConfig(TrainConfig):
     # Online mode: run this teacher (a training run, model directory or hub id: anything
     # distill.models.resolve_model accepts) in the loop on the pseudo group's images instead of
     # reading pseudo-label shards. For small corpora and quick experiments.
-    teacher: str | None = None
+    teacher: str | None = None  # online mode: a teacher (run, model dir or hub id) run in the loop instead of shards
     # The frozen reference of feature alignment: a DINOv2 (hub id or directory, any size: another
     # width than the student's adds a trained linear projection), or a depth model / training run
     # whose encoder is taken (e.g. the teacher's, where no pretrained DINOv2 is reachable);
     # default: a frozen copy of the student's initial encoder. Any student architecture aligns to
     # any of these: its final feature map is resampled to the reference's grid (GLPN's last stage,
     # a patch-16 ViT's tokens against a patch-14 DINOv2).
-    frozen_dinov2: str | None = None
-    student: StudentObjectiveConfig = field(default_factory=StudentObjectiveConfig)
+    frozen_dinov2: str | None = None  # feature-alignment reference: DINOv2, depth model or run; default: the initial encoder
+    student: StudentObjectiveConfig = field(default_factory=StudentObjectiveConfig)  # the student's objective

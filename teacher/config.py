@@ -9,4 +9,4 @@ from distill.labeled_objective import LabeledObjectiveConfig
 
 @dataclass
 class TeacherConfig(TrainConfig):
-    objective: LabeledObjectiveConfig = field(default_factory=LabeledObjectiveConfig)
+    objective: LabeledObjectiveConfig = field(default_factory=LabeledObjectiveConfig)  # the loss on labeled data

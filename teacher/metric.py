@@ -36,7 +36,7 @@ class MetricObjectiveConfig:
 @dataclass
 class MetricConfig(TrainConfig):
     keep_decoder: bool = False  # also start the decoder (all but the head's activation) from model.init_from
-    objective: MetricObjectiveConfig = field(default_factory=MetricObjectiveConfig)
+    objective: MetricObjectiveConfig = field(default_factory=MetricObjectiveConfig)  # the SiLog loss
 
 
 def metric_model(init_from: str, max_depth: float, keep_decoder: bool = False):

@@ -1,4 +1,5 @@
 """Config system: YAML + typed dataclasses + dotted overrides; one-line errors with exit code 2."""
+import re
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -292,3 +293,23 @@ def test_fail_is_one_line(capsys):
         fail("prog", "first\nsecond")
     assert exc.value.code == 2
     assert capsys.readouterr().err == "prog: error: first; second\n"
+
+
+COMMAND_CONFIGS = [("teacher.config", "TeacherConfig"), ("student.config", "StudentConfig"), ("teacher.metric", "MetricConfig"),
+                   ("pseudolabel.config", "PseudolabelConfig"), ("distill.evaluate", "EvaluateConfig"),
+                   ("distill.release", "ReleaseConfig"), ("distill.export", "ExportConfig"),
+                   ("distill.quickstart", "QuickstartConfig")]
+
+
+@pytest.mark.parametrize("module, name", COMMAND_CONFIGS)
+def test_help_says_what_every_key_of_a_command_means(module, name, capsys):
+    """``--help`` shows each key's meaning: the comment after the field in its dataclass."""
+    import importlib
+
+    cls = getattr(importlib.import_module(module), name)
+    with pytest.raises(SystemExit):
+        parse_cli(cls, ["--help"], prog="cmd")
+    rows = [re.split(r"\s{2,}", line.strip()) for line in capsys.readouterr().out.splitlines()
+            if line.startswith("  ") and " -> " not in line]
+    unexplained = [row[0] for row in rows if len(row) < 4]  # key, type, default, meaning
+    assert rows and not unexplained, unexplained

@@ -25,31 +25,31 @@ MAX_RETRIES = 16
 @dataclass
 class DatasetConfig:
     reader: str  # a name of distill.data.readers.READERS
-    root: str | None = None
-    weight: float = 1.0
+    root: str | None = None  # the dataset's folder or file, passed to the reader as root
+    weight: float = 1.0  # relative sampling weight in its group (unused with weighting=size)
     options: dict[str, Any] = field(default_factory=dict)  # the reader's other arguments
 
 
 @dataclass
 class GroupConfig:
-    name: str = "labeled"
+    name: str = "labeled"  # the group's name (student.pseudo_group names one)
     parts: int = 1  # this group's share of every batch, e.g. labeled 1 : pseudo 2
     weighting: Literal["weights", "size"] = "weights"  # "size": concatenation (Depth Anything V2)
-    datasets: list[DatasetConfig] = field(default_factory=list)
+    datasets: list[DatasetConfig] = field(default_factory=list)  # the datasets mixed in this group
 
 
 @dataclass
 class DataConfig:
-    groups: list[GroupConfig] = field(default_factory=list)
-    val: list[DatasetConfig] = field(default_factory=list)
-    val_max_samples: int = 64
-    crop_size: int = 518
-    hflip: bool = True
-    num_workers: int = 4
-    prefetch_factor: int = 4
-    pin_memory: bool = True
-    persistent_workers: bool = True
-    max_bad_fraction: float = 0.01
+    groups: list[GroupConfig] = field(default_factory=list)  # training data: groups sharing every batch by parts
+    val: list[DatasetConfig] = field(default_factory=list)  # validation datasets; empty: no validation
+    val_max_samples: int = 64  # validation uses the first this many samples of each dataset
+    crop_size: int = 518  # training crop side in px (shorter side resized to it); also the validation size
+    hflip: bool = True  # random horizontal flip (p=0.5) of training crops
+    num_workers: int = 4  # DataLoader worker processes
+    prefetch_factor: int = 4  # batches each worker loads ahead
+    pin_memory: bool = True  # page-locked host memory for batches (CUDA only)
+    persistent_workers: bool = True  # keep DataLoader workers alive between iterations
+    max_bad_fraction: float = 0.01  # stop the run past this fraction of unreadable samples
 
 
 class DataError(ConfigError):
