@@ -287,8 +287,8 @@ def check_output_dir(cfg: TrainConfig) -> None:
         return
     earlier = [name for name in RUN_OUTPUTS if os.path.exists(os.path.join(cfg.output_dir, name))]
     if earlier:
-        raise SystemExit(f"output_dir {cfg.output_dir} holds an earlier run ({', '.join(earlier)}): resume=latest "
-                         "continues it, overwrite=true replaces it, or choose another output_dir")
+        raise ConfigError(f"output_dir {cfg.output_dir} holds an earlier run ({', '.join(earlier)}): resume=latest "
+                          "continues it, overwrite=true replaces it, or choose another output_dir")
 
 
 def remove_earlier_run(output_dir: str) -> None:

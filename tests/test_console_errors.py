@@ -26,6 +26,7 @@ CASES = [
     ("distill-train-student", ["--config", "configs/student/tiny.yaml", "data.groups.0.datasets.0.root={empty}",
                                "output_dir={out}"], "no complete pseudo-label shards"),
     ("distill-train-student", ["--config", "configs/student/tiny.yaml", "data.groups.0.parts=two"], "parts"),
+    ("distill-train-teacher", ["--config", "configs/teacher/tiny.yaml", "output_dir={earlier}"], "holds an earlier run"),
     ("distill-finetune-metric", ["--config", "configs/metric/tiny.yaml", "model.init_from=/nonexistent/run",
                                  "output_dir={out}"], "/nonexistent/run"),
     ("distill-finetune-metric", ["--config", "configs/metric/tiny.yaml", "lr=fast"], "lr"),
@@ -57,8 +58,10 @@ def paths(tmp_path_factory):
     (root / "empty").mkdir()
     (root / "junk.bin").write_bytes(bytes(range(256)) * 4)
     assert synthetic.main(["--out", str(root / "scenes"), "--num", "1", "--size", "32", "32"]) == 0
+    (root / "earlier").mkdir()
+    (root / "earlier" / "metrics.jsonl").write_text("")  # what an earlier training run leaves
     return {"teacher": save_tiny("depth_anything", root / "teacher"), "empty": str(root / "empty"),
-            "junk": str(root / "junk.bin"), "scenes": str(root / "scenes")}
+            "junk": str(root / "junk.bin"), "scenes": str(root / "scenes"), "earlier": str(root / "earlier")}
 
 
 def test_every_console_script_has_cases():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.config import load_config
+from distill.config import ConfigError, load_config
 from distill.engine import train
 from distill.labeled_objective import LabeledObjective, output_space_for
 from teacher.config import TeacherConfig
@@ -56,7 +56,7 @@ def test_a_fresh_run_never_lands_on_an_earlier_one(tmp_path):
 
     run()
     first = read_log(tmp_path / "metrics.jsonl")
-    with pytest.raises(SystemExit, match=r"holds an earlier run \(checkpoints, final, metrics.jsonl, config.yaml\)"):
+    with pytest.raises(ConfigError, match=r"holds an earlier run \(checkpoints, final, metrics.jsonl, config.yaml\)"):
         run()
     assert read_log(tmp_path / "metrics.jsonl") == first  # nothing touched
     (tmp_path / "checkpoints" / "step_00000001").rename(tmp_path / "checkpoints" / "step_00000099")
