@@ -203,7 +203,7 @@ class Experiment:
         config["student"]["labeled"] = {"kind": "ssi"}  # labeled rows: the teacher's relative objective
         config["model"] = {"preset": preset, "drop_path_rate": spec["drop_path"]}
         config["optim"]["lr"] = lr
-        config["frozen_dinov2"] = PRIOR  # read only where feature_weight > 0
+        config["frozen_reference"] = PRIOR  # read only where feature_weight > 0
         pseudo = {"reader": "shards", "root": str(labels), **({"options": {"teacher": choose}} if choose else {})}
         config["data"]["groups"] = [{"name": "pseudo", "parts": 2 if spec["labeled"] else 1, "datasets": [pseudo]}]
         if spec["labeled"]:

@@ -178,10 +178,14 @@ def _build(cls, data: dict, overrides: typing.Iterable[str]):
     from omegaconf import OmegaConf  # noqa: PLC0415
     from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
 
+    renamed = getattr(cls, "RENAMED_KEYS", {})  # earlier key names a config still reads
+    data = {renamed.get(k, k): v for k, v in data.items()}
     try:
         cfg = OmegaConf.merge(OmegaConf.structured(cls), data)
         for item in overrides:
             key, value = _override(item)
+            first, dot, rest = key.partition(".")
+            key = renamed.get(first, first) + dot + rest
             _check_indexes(cfg, key)
             OmegaConf.update(cfg, key, value, merge=True)
         OmegaConf.to_container(cfg, throw_on_missing=True)  # every value checked before any dataclass is built
@@ -430,6 +434,7 @@ def parse_cli(cls, argv: list[str] | None = None, prog: str | None = None, alias
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     prog = prog or os.path.basename(sys.argv[0])
+    aliases = {**getattr(cls, "RENAMED_KEYS", {}), **(aliases or {})}
     flags = _Flags(cls, aliases)
     if "-h" in argv or "--help" in argv:
         print(_help(cls, prog, aliases or {}))

@@ -3,6 +3,7 @@ the frozen reference of feature alignment, the objective and the perturbations."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from distill.engine import TrainConfig
 from distill.labeled_objective import LabeledObjectiveConfig
@@ -36,15 +37,17 @@ class StudentObjectiveConfig:
 
 @dataclass
 class StudentConfig(TrainConfig):
+
+    RENAMED_KEYS: ClassVar[dict[str, str]] = {"frozen_dinov2": "frozen_reference"}  # earlier name -> key
     # Online mode: run this teacher (a training run, model directory or hub id: anything
     # distill.models.resolve_model accepts) in the loop on the pseudo group's images instead of
     # reading pseudo-label shards. For small corpora and quick experiments.
     teacher: str | None = None  # online mode: a teacher (run, model dir or hub id) run in the loop instead of shards
-    # The frozen reference of feature alignment: a DINOv2 (hub id or directory, any size: another
-    # width than the student's adds a trained linear projection), or a depth model / training run
-    # whose encoder is taken (e.g. the teacher's, where no pretrained DINOv2 is reachable);
-    # default: a frozen copy of the student's initial encoder. Any student architecture aligns to
-    # any of these: its final feature map is resampled to the reference's grid (GLPN's last stage,
-    # a patch-16 ViT's tokens against a patch-14 DINOv2).
-    frozen_dinov2: str | None = None  # feature-alignment reference: DINOv2, depth model or run; default: the initial encoder
+    # The frozen reference of feature alignment (distill.frozen_reference): a DINOv2 (hub id or
+    # directory, any size: another width than the student's adds a trained linear projection), a
+    # timm CNN (an offline prior by name, or timm:<arch>), or a depth model / training run whose
+    # encoder is taken (e.g. the teacher's); default: a frozen copy of the student's initial encoder.
+    # Any student architecture aligns to any of these: its final feature map is resampled to the
+    # reference's grid. Earlier name: frozen_dinov2 (still read).
+    frozen_reference: str | None = None  # feature-alignment reference: DINOv2, timm CNN / prior, depth model or run
     student: StudentObjectiveConfig = field(default_factory=StudentObjectiveConfig)  # the student's objective

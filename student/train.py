@@ -67,9 +67,9 @@ def _main(argv=None) -> int:
     if cfg.data.crop_size % preprocessing.multiple:
         raise ConfigError(f"data.crop_size={cfg.data.crop_size} is not a multiple of {preprocessing.multiple}, "
                           f"the size multiple of the student ({cfg.model.init_from or cfg.model.preset})")
-    if cfg.frozen_dinov2:
-        frozen = load_frozen_reference(cfg.frozen_dinov2)
-        frozen_preprocessing = reference_preprocessing(cfg.frozen_dinov2, frozen.config)
+    if cfg.frozen_reference:
+        frozen = load_frozen_reference(cfg.frozen_reference)
+        frozen_preprocessing = reference_preprocessing(cfg.frozen_reference, frozen.config)
     else:
         frozen, frozen_preprocessing = copy.deepcopy(encoder_of(model)), preprocessing
     attach_feature_projection(model, frozen)

@@ -313,3 +313,14 @@ def test_help_says_what_every_key_of_a_command_means(module, name, capsys):
             if line.startswith("  ") and " -> " not in line]
     unexplained = [row[0] for row in rows if len(row) < 4]  # key, type, default, meaning
     assert rows and not unexplained, unexplained
+
+
+def test_a_renamed_key_is_still_read(tmp_path):
+    """``frozen_dinov2`` became ``frozen_reference``: old YAML files, items and flags keep working."""
+    from student.config import StudentConfig
+
+    old = write(tmp_path, "frozen_dinov2: facebook/dinov2-small\n")
+    assert load_config(StudentConfig, old).frozen_reference == "facebook/dinov2-small"
+    assert load_config(StudentConfig, None, ["frozen_dinov2=x"]).frozen_reference == "x"
+    assert parse_cli(StudentConfig, ["--frozen-dinov2", "y"]).frozen_reference == "y"
+    assert parse_cli(StudentConfig, ["frozen_reference=z"]).frozen_reference == "z"

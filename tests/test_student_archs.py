@@ -124,7 +124,7 @@ def test_student_run_of_another_architecture(tmp_path, preset, kind, multiple):
     frozen = wider_dinov2(tmp_path / "dinov2") if kind == "dinov2" else teacher
     out = tmp_path / "student"
     argv = ["--config", str(ROOT / "configs" / "student" / "tiny.yaml"),
-            f"teacher={teacher}", f"frozen_dinov2={frozen}", f"model.preset={preset}", f"output_dir={out}",
+            f"teacher={teacher}", f"frozen_reference={frozen}", f"model.preset={preset}", f"output_dir={out}",
             "max_steps=3", "log_every=3", "eval_every=3", "save_every=3", "tracker=none", "batch_size=2",
             "data.crop_size=64", "data.num_workers=0", "data.val_max_samples=2",
             "data.groups.0.datasets=[{reader: synthetic, options: {num: 20, seed: 7, height: 64, width: 96}}]",
