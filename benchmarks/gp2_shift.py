@@ -22,8 +22,9 @@ from distill.config import load_config
 from distill.data.synthetic import SyntheticReader
 from distill.engine import train
 from distill.evaluation import evaluate_samples, mean_metrics
-from distill.labeled_objective import LabeledObjective
+from teacher.train import objective_for
 from distill.models import load_depth_model
+from distill.registry import input_rule
 from distill.spaces import DEPTH_UP_TO_SCALE
 from teacher.config import TeacherConfig
 
@@ -48,8 +49,10 @@ class ConstantDepth(torch.nn.Module):
 
 
 def score(model, samples, protocol: str, size: int) -> dict:
-    """Mean metrics through the project's one evaluation loop (no benchmark crop or cap)."""
-    return mean_metrics(evaluate_samples(model, samples, DEPTH_UP_TO_SCALE, protocol=protocol, size=size))
+    """Mean metrics through the project's one evaluation loop (no benchmark crop or cap), the model's
+    input rule from its family (the registry)."""
+    return mean_metrics(evaluate_samples(model, samples, DEPTH_UP_TO_SCALE, input_rule(model.config), protocol=protocol,
+                                         size=size))
 
 
 def main():
@@ -71,7 +74,7 @@ def main():
              "tracker=none", "save_every=0", "eval_every=0", "data.val=[]", "overwrite=true"],
         )
         start = time.perf_counter()
-        final = train(cfg, LabeledObjective(cfg.objective), DEPTH_UP_TO_SCALE)
+        final = train(cfg, objective_for(cfg), DEPTH_UP_TO_SCALE)
         model = load_depth_model(final).eval()
         rows[name] = {p: score(model, samples, p, cfg.data.crop_size) for p in ("scale-log", "affine-disparity")}
         rows[name]["train_s"] = time.perf_counter() - start

@@ -392,7 +392,7 @@ def bare_run(ctx, stage: str, cfg, window: int, mem) -> dict:
 
     from distill.data.loading import build_dataset, build_train_loader  # noqa: PLC0415
     from distill.engine import make_model, make_optimizer, to_device  # noqa: PLC0415
-    from distill.preprocessing import normalize_images  # noqa: PLC0415
+    from distill.preprocessing import IMAGENET  # noqa: PLC0415
 
     dev = device()
     cfg.data.num_workers = 0
@@ -428,7 +428,7 @@ def bare_run(ctx, stage: str, cfg, window: int, mem) -> dict:
                        "confidence": batch["confidence"].float()}
             images = cutmix(rows, tensors, generator)[0]["image"]
         with torch.autocast(dev.type, dtype=dtype, enabled=dtype is not None):
-            pixels = normalize_images(images)
+            pixels = IMAGENET.normalize(images)
             pred = model(pixel_values=pixels).predicted_depth
             if frozen is not None:
                 with torch.no_grad():

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from distill import export, models  # noqa: E402
 from distill.config import parse_cli  # noqa: E402
-from distill.preprocessing import DEFAULT, resize_for_inference  # noqa: E402
+from distill.preprocessing import IMAGENET, resize_for_inference  # noqa: E402
 from distill.spaces import RELATIVE_DISPARITY  # noqa: E402
 
 
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     import onnxruntime as ort
 
     photos = export.check_images([])
-    inputs = [DEFAULT.normalize(torch.from_numpy(resize_for_inference(photos[i % len(photos)][1], args.size)).permute(2, 0, 1)[None])
+    inputs = [IMAGENET.normalize(torch.from_numpy(resize_for_inference(photos[i % len(photos)][1], args.size)).permute(2, 0, 1)[None])
               for i in range(args.images)]
     cores = os.cpu_count() or 1
     threads = sorted({1, cores})

@@ -24,7 +24,7 @@ import torch
 
 from distill.config import load_config, save_config
 from distill.data.loading import build_train_loader
-from distill.preprocessing import normalize_images
+from distill.preprocessing import IMAGENET
 from distill.engine import make_model, make_optimizer
 from teacher.config import TeacherConfig
 from distill.spaces import DEPTH_UP_TO_SCALE
@@ -108,7 +108,7 @@ def bare_samples_per_s(cfg) -> float:
 
     def step(images):
         with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-            loss = model(pixel_values=normalize_images(images)).predicted_depth.float().mean()
+            loss = model(pixel_values=IMAGENET.normalize(images)).predicted_depth.float().mean()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -41,7 +41,7 @@ from distill.models import (
     resolve_reference,
     save_model,
 )
-from distill.preprocessing import DEFAULT, INPUT_SIZE, Preprocessing
+from distill.preprocessing import INPUT_SIZE, Preprocessing
 from distill.registry import input_rule, model_config
 from distill.runtime import StopSignals, unwrap_model
 from distill.spaces import OutputSpace
@@ -309,7 +309,7 @@ def to_device(batch: dict, device) -> dict:
 
 @torch.no_grad()
 def validate(model, val_sets: list, output_space: OutputSpace, accelerator: Accelerator,
-             preprocessing: Preprocessing = DEFAULT, size: int = INPUT_SIZE, num_workers: int = 0) -> dict:
+             preprocessing: Preprocessing, size: int = INPUT_SIZE, num_workers: int = 0) -> dict:
     """Metrics on the validation sets through ``distill.evaluation.evaluate_samples`` (the one
     evaluation loop, so ``val/abs_rel`` on NYU is what ``distill/evaluate.py --benchmark nyu``
     prints): the protocol of the model's output space, each set's benchmark crop and depth range,
@@ -389,8 +389,9 @@ def make_ema(accelerator: Accelerator, model, cfg: OptimConfig) -> ModelEmaV3 | 
 
 
 def setup(cfg: TrainConfig, output_space: OutputSpace, model=None, train_transforms=None, extra_modules: tuple = (),
-          preprocessing: Preprocessing = DEFAULT) -> Run:
+          preprocessing: Preprocessing | None = None) -> Run:
     """Accelerator, output directory, model, optimizer, schedule and data, all prepared."""
+    preprocessing = preprocessing or model_preprocessing(cfg.model, cfg.data.crop_size)  # the model's own rule
     check_output_dir(cfg)
     accelerator = make_accelerator(cfg)
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -564,7 +565,7 @@ def save_final_model(run: Run, cfg: TrainConfig, output_space: OutputSpace) -> s
 
 
 def train(cfg: TrainConfig, objective: Callable, output_space: OutputSpace, model=None, train_transforms=None,
-          extra_modules: tuple = (), preprocessing: Preprocessing = DEFAULT):
+          extra_modules: tuple = (), preprocessing: Preprocessing | None = None):
     """Run a training job to ``cfg.max_steps``; returns the path of the final model directory, or
     None when a SIGTERM stopped it first (a checkpoint was written: continue with ``resume=latest``).
 

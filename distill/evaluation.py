@@ -29,7 +29,7 @@ from distill.metrics import (
     per_image_metrics,
     protocol_depth,
 )
-from distill.preprocessing import DEFAULT, INPUT_SIZE, Preprocessing
+from distill.preprocessing import INPUT_SIZE, Preprocessing
 from distill.spaces import OutputSpace, default_protocol, to_depth
 from distill.visualisation import save_depth_visuals, save_pair_visuals
 
@@ -60,7 +60,7 @@ def evaluation_mask(benchmark: str | None, gt_depth: torch.Tensor, valid: torch.
 
 
 # ---------------------------------------------------------------------------------------- loop
-def predict(model, images: torch.Tensor, size_hw: tuple[int, int], preprocessing: Preprocessing = DEFAULT) -> torch.Tensor:
+def predict(model, images: torch.Tensor, size_hw: tuple[int, int], preprocessing: Preprocessing) -> torch.Tensor:
     """uint8 [B, 3, h, w] (already at inference resolution) -> prediction [B, H, W] resized (bilinear)
     to ``size_hw``, in the model's output space."""
     pred = model(pixel_values=preprocessing.normalize(images)).predicted_depth
@@ -105,7 +105,7 @@ def read_samples(reader, indices, num_workers: int = 0):
 
 
 @torch.no_grad()
-def evaluate_samples(model, samples, output_space: OutputSpace, preprocessing: Preprocessing = DEFAULT,
+def evaluate_samples(model, samples, output_space: OutputSpace, preprocessing: Preprocessing,
                      benchmark: str | None = None, protocol: str | None = None, size: int = INPUT_SIZE,
                      batch_size: int = 1, device="cpu", autocast=contextlib.nullcontext, on_image=None,
                      depth_range: tuple[float, float] | None = None) -> list[dict]:
@@ -157,7 +157,7 @@ def _counted(samples, bar):
 
 def evaluate_depth(model, reader, benchmark: str, output_space: OutputSpace, protocol: str | None = None,
                    size: int = INPUT_SIZE, batch_size: int = 1, max_images: int | None = None,
-                   visuals_dir=None, device="cpu", preprocessing: Preprocessing = DEFAULT, num_workers: int = 0,
+                   visuals_dir=None, device="cpu", *, preprocessing: Preprocessing, num_workers: int = 0,
                    depth_range: tuple[float, float] | None = None) -> dict:
     """A benchmark's summary (mean metrics, counts, settings) with the per-image rows under ``images``."""
     protocol = protocol or default_protocol(output_space)
@@ -233,7 +233,7 @@ def pair_correct(pred: np.ndarray, pair: dict, output_space: OutputSpace, where:
 
 def evaluate_da2k(model, root, output_space: OutputSpace, size: int = INPUT_SIZE, batch_size: int = 1,
                   max_images: int | None = None, visuals_dir=None, device="cpu",
-                  preprocessing: Preprocessing = DEFAULT) -> dict:
+                  *, preprocessing: Preprocessing) -> dict:
     """DA-2K pair accuracy (over all pairs; per scene type too) with per-image rows."""
     base, annotations = load_da2k(root)
     names = sorted(annotations)[:max_images] if max_images is not None else sorted(annotations)

@@ -8,7 +8,7 @@ from typing import Literal
 import torch
 
 from distill.losses import gp2_loss, gradient_matching_loss, ssi_loss, ssi_lsq_loss
-from distill.preprocessing import DEFAULT, Preprocessing
+from distill.preprocessing import Preprocessing
 from distill.spaces import (
     DEPTH_UP_TO_SCALE,
     RELATIVE_DISPARITY,
@@ -54,7 +54,7 @@ class LabeledObjective:
     """``objective(model, batch) -> (loss, logs)`` for ``distill.engine.train`` (docs/RECIPE.md#gp2,
     docs/RECIPE.md#ssi); ``preprocessing``: the model's input normalisation."""
 
-    def __init__(self, cfg: LabeledObjectiveConfig, preprocessing: Preprocessing = DEFAULT):
+    def __init__(self, cfg: LabeledObjectiveConfig, preprocessing: Preprocessing):
         self.cfg, self.preprocessing = cfg, preprocessing
 
     def __call__(self, model, batch: dict):

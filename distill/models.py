@@ -29,7 +29,7 @@ from transformers import (
 
 from distill.config import ConfigError
 from distill.original_checkpoints import load_original_checkpoint
-from distill.preprocessing import INPUT_SIZE, Preprocessing
+from distill.preprocessing import IMAGENET, INPUT_SIZE, Preprocessing
 from distill.registry import (
     FAMILIES,
     HYBRID_OUT_INDICES,
@@ -270,7 +270,7 @@ def image_processor(size: int = INPUT_SIZE, preprocessing: Preprocessing | None 
     where ``distill.preprocessing`` makes the shorter side at least ``size``.) The same class serves
     every architecture: GLPN's own processor has no target size (it runs an image at its own size,
     rounded down to multiples of 32)."""
-    p = preprocessing or Preprocessing()
+    p = preprocessing or IMAGENET  # the Depth Anything V2 checkpoints' processor
     size = p.fixed_size or size
     return DPTImageProcessor(
         do_resize=True,

@@ -66,11 +66,11 @@ class Preprocessing:
     """How a model wants its pixels: ``(x * rescale_factor - mean) / std`` on RGB, sides multiples of
     ``multiple``. ``source`` says where the values came from (for logs and metadata)."""
 
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, float, float]  # no default: a model's statistics come from its processor or its family
+    std: tuple[float, float, float]
     rescale_factor: float = 1 / 255
     multiple: int = PATCH_SIZE
-    source: str = "default (ImageNet mean/std, /255, patch 14)"
+    source: str = "given"
     # A model that takes one square size only (DPT-hybrid): every image is resized to it, aspect
     # not kept, and the prediction back to the image's size.
     fixed_size: int | None = None
@@ -135,9 +135,4 @@ def fixed_input_size(config) -> int | None:
     return None
 
 
-DEFAULT = Preprocessing()
-
-
-def normalize_images(images: torch.Tensor, preprocessing: Preprocessing = DEFAULT) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float normalised with ``preprocessing`` (ImageNet by default)."""
-    return preprocessing.normalize(images)
+IMAGENET = Preprocessing(IMAGENET_MEAN, IMAGENET_STD, source="ImageNet mean/std, /255, patch 14 (DINOv2, Depth Anything)")

@@ -15,8 +15,7 @@ from typing import Callable
 from distill import tiny_models
 from distill.config import ConfigError
 from distill.preprocessing import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
+    IMAGENET,
     INPUT_SIZE,
     PATCH_SIZE,
     Preprocessing,
@@ -347,7 +346,7 @@ def input_rule(config) -> Preprocessing:
         return Preprocessing(mean, std, 1 / 255, patch_size_of(config),
                              f"default of a {arch} DPT-hybrid (timm's mean/std, /255, resized to {fixed}x{fixed})", fixed)
     multiple = size_multiple(config)
-    base = Preprocessing(IMAGENET_MEAN, IMAGENET_STD)
+    base = IMAGENET
     if multiple == base.multiple:
         return base
     return replace(base, multiple=multiple, source=f"default (ImageNet mean/std, /255, multiples of {multiple})")

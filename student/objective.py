@@ -14,7 +14,7 @@ from distill.losses import (
     uts_loss,
 )
 from distill.models import encoder_of
-from distill.preprocessing import DEFAULT, Preprocessing, fixed_input_size, multiple_of
+from distill.preprocessing import Preprocessing, fixed_input_size, multiple_of
 from distill.registry import size_multiple
 from distill.runtime import unwrap_model
 from distill.spaces import OutputSpace, convert
@@ -90,12 +90,16 @@ class StudentObjective:
     reference), ``teacher_preprocessing`` (the online teacher)."""
 
     def __init__(self, cfg: StudentObjectiveConfig, output_space: OutputSpace, pseudo_group: int,
-                 frozen_encoder=None, teacher=None, seed: int = 0, preprocessing: Preprocessing = DEFAULT,
-                 frozen_preprocessing: Preprocessing = DEFAULT, teacher_preprocessing: Preprocessing = DEFAULT):
+                 frozen_encoder=None, teacher=None, seed: int = 0, *, preprocessing: Preprocessing,
+                 frozen_preprocessing: Preprocessing | None = None, teacher_preprocessing: Preprocessing | None = None):
         self.cfg, self.output_space, self.pseudo_group = cfg, output_space, pseudo_group
         self.frozen_encoder, self.teacher = frozen_encoder, teacher
         self.preprocessing, self.frozen_preprocessing = preprocessing, frozen_preprocessing
         self.teacher_preprocessing = teacher_preprocessing
+        for given, rule, name in ((frozen_encoder, frozen_preprocessing, "frozen_preprocessing"),
+                                  (teacher, teacher_preprocessing, "teacher_preprocessing")):
+            if given is not None and rule is None:
+                raise ValueError(f"{name} is required with its model: no default statistics")
         self.labeled = LabeledObjective(cfg.labeled, preprocessing)
         self.generator = torch.Generator().manual_seed(seed)  # CutMix boxes: reproducible on resume
         self._features = None

@@ -21,7 +21,7 @@ from distill.config import ConfigError, parse_cli, run_main
 from distill.engine import TrainConfig, model_preprocessing, train
 from distill.losses import silog_loss
 from distill.models import freeze_unused_parameters, resolve_model
-from distill.preprocessing import DEFAULT, Preprocessing
+from distill.preprocessing import Preprocessing
 from distill.spaces import METRIC_DEPTH
 
 PROG = "teacher.metric"
@@ -60,7 +60,7 @@ def metric_model(init_from: str, max_depth: float, keep_decoder: bool = False):
 class MetricObjective:
     """SiLog on metric samples; a sample of another geometry is a configuration error (named)."""
 
-    def __init__(self, cfg: MetricObjectiveConfig, max_depth: float, preprocessing: Preprocessing = DEFAULT):
+    def __init__(self, cfg: MetricObjectiveConfig, max_depth: float, preprocessing: Preprocessing):
         self.cfg, self.max_depth, self.preprocessing = cfg, max_depth, preprocessing
 
     def __call__(self, model, batch: dict):

@@ -12,11 +12,15 @@ from teacher.config import TeacherConfig
 PROG = "train_teacher.py"
 
 
+def objective_for(cfg: TeacherConfig) -> LabeledObjective:
+    """The teacher's objective, normalising images as the model ``cfg.model`` wants them."""
+    return LabeledObjective(cfg.objective, model_preprocessing(cfg.model, cfg.data.crop_size))
+
+
 def _main(argv=None) -> int:
     cfg = parse_cli(TeacherConfig, argv, prog=PROG)
-    preprocessing = model_preprocessing(cfg.model, cfg.data.crop_size)
-    final = train(cfg, LabeledObjective(cfg.objective, preprocessing), output_space_for(cfg.objective.kind),
-                  preprocessing=preprocessing)
+    objective = objective_for(cfg)
+    final = train(cfg, objective, output_space_for(cfg.objective.kind), preprocessing=objective.preprocessing)
     if final:  # None: preempted, a checkpoint was saved
         print(f"teacher saved to {final}")
     return 0

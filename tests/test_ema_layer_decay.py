@@ -23,7 +23,8 @@ from distill.engine import (
     setup,
     train,
 )
-from distill.labeled_objective import LabeledObjective, output_space_for
+from distill.labeled_objective import output_space_for
+from teacher.train import objective_for
 from distill.spaces import DEPTH_UP_TO_SCALE
 from teacher.config import TeacherConfig
 
@@ -50,7 +51,7 @@ def ema_run(tmp_path_factory):
     weights validation (at the last step) evaluates."""
     out = tmp_path_factory.mktemp("ema")
     cfg = small_config(out, *STEPS, *EMA)
-    objective, seen, validated = LabeledObjective(cfg.objective), [], []
+    objective, seen, validated = objective_for(cfg), [], []
 
     def recording(model, batch):
         seen.append(weights(model))
@@ -90,7 +91,7 @@ def test_ema_follows_the_decay_formula_and_is_validated_and_exported(ema_run):
 def test_without_ema_the_raw_weights_are_exported(tmp_path):
     cfg = small_config(tmp_path, "max_steps=2", "log_every=1", "eval_every=0", "save_every=0", "data.val=[]")
     assert cfg.optim.ema_decay == 0.0 and cfg.optim.layer_decay == 1.0  # off by default
-    final = train(cfg, LabeledObjective(cfg.objective), output_space_for("gp2"))
+    final = train(cfg, objective_for(cfg), output_space_for("gp2"))
     raw = load_file(checkpoint(tmp_path, 2) / "model.safetensors")
     exported = exported_weights(final)
     assert exported.keys() == raw.keys() and all(torch.equal(exported[k], raw[k]) for k in raw)
@@ -99,10 +100,10 @@ def test_without_ema_the_raw_weights_are_exported(tmp_path):
 
 def test_a_resumed_run_continues_its_ema_exactly(ema_run, tmp_path):
     cfg = small_config(tmp_path, *STEPS, *EMA)
-    assert train(cfg, PreemptAt(LabeledObjective(cfg.objective), 2), output_space_for("gp2")) is None
+    assert train(cfg, PreemptAt(objective_for(cfg), 2), output_space_for("gp2")) is None
     assert (checkpoint(tmp_path, 2) / "custom_checkpoint_0.pkl").is_file()
     resumed = small_config(tmp_path, *STEPS, *EMA, "resume=latest")
-    final = train(resumed, LabeledObjective(resumed.objective), output_space_for("gp2"))
+    final = train(resumed, objective_for(resumed), output_space_for("gp2"))
     got, want = exported_weights(final), exported_weights(ema_run.final)
     assert got.keys() == want.keys()
     for name in want:

@@ -12,6 +12,7 @@ import torch
 from distill import models
 from distill.config import ConfigError
 from distill.spaces import RELATIVE_DISPARITY
+from distill.preprocessing import IMAGENET
 from teacher.metric import MetricObjective, MetricObjectiveConfig, metric_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ class Constant(torch.nn.Module):
 
 
 def test_silog_objective_by_hand():
-    objective = MetricObjective(MetricObjectiveConfig(variance_focus=0.5, min_depth=0.001), max_depth=20)
+    objective = MetricObjective(MetricObjectiveConfig(variance_focus=0.5, min_depth=0.001), max_depth=20, preprocessing=IMAGENET)
     target = torch.ones(1, 2, 2)
     target[0, 0, 0], target[0, 1, 1] = 4.0, 30.0  # 30 m: beyond max_depth, ignored
     loss, _ = objective(Constant(2.0), batch(target))

@@ -14,7 +14,7 @@ from transformers import DPTImageProcessor
 
 from distill import models, registry
 from distill.config import ConfigError
-from distill.preprocessing import DEFAULT, Preprocessing, inference_size, resize_for_inference
+from distill.preprocessing import IMAGENET, Preprocessing, inference_size, resize_for_inference
 from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,7 +42,7 @@ def test_size_multiple_from_the_processor_or_the_patch_size():
     assert Preprocessing.from_image_processor(processor(ensure_multiple_of=32)).multiple == 32
     config = registry.model_config("tiny")
     assert Preprocessing.from_image_processor(processor(ensure_multiple_of=1), config).multiple == 14
-    assert DEFAULT.mean == (0.485, 0.456, 0.406) and DEFAULT.multiple == 14
+    assert IMAGENET.mean == (0.485, 0.456, 0.406) and IMAGENET.multiple == 14
     assert inference_size(480, 640, 518, 32) == (544, 704) and resize_for_inference(np.zeros((48, 64, 3), np.uint8), 28, 32).shape == (32, 32, 3)
 
 
@@ -53,7 +53,7 @@ def test_resolver_accepts_run_dirs_model_dirs_and_hub_ids_and_refuses_the_rest(t
     assert models.resolve_reference(str(tmp_path / "run" / "final")) == str(tmp_path / "run" / "final")
     assert models.resolve_reference("depth-anything/Depth-Anything-V2-Small-hf") == "depth-anything/Depth-Anything-V2-Small-hf"
     resolved = models.resolve_model(str(tmp_path / "run"))
-    assert resolved.output_space == RELATIVE_DISPARITY and resolved.preprocessing.mean == DEFAULT.mean
+    assert resolved.output_space == RELATIVE_DISPARITY and resolved.preprocessing.mean == IMAGENET.mean
     (tmp_path / "empty").mkdir()
     for ref, message in [(tmp_path / "empty", "no final/config.json"), (tmp_path / "missing" / "x", "not a model directory"),
                          ("weights.pth", "not a model directory"), ("a/b/c", "nor a hub id")]:

@@ -161,9 +161,9 @@ def test_labeling_inputs_follow_the_one_preprocessing_rule_and_cap_extreme_aspec
     from distill.preprocessing import inference_size, resize_for_inference
 
     from distill.inference import InputRule
-    from distill.preprocessing import DEFAULT
+    from distill.preprocessing import IMAGENET
 
-    plan = DecodePlan((InputRule("depth_anything", DEFAULT, input_size=518),))
+    plan = DecodePlan((InputRule("depth_anything", IMAGENET, input_size=518),))
     for h, w in [(1362, 2048), (480, 640), (2048, 1362), (500, 741), (1, 1), (300, 1000)]:
         assert inference_size(h, w, 518, 14, plan.rules[0].max_aspect) == inference_size(h, w, 518)
     assert inference_size(1, 5000, 518, 14, plan.rules[0].max_aspect) == (14, 2072)  # a 1x5000 strip would otherwise be 518 x 2.59M
@@ -172,7 +172,7 @@ def test_labeling_inputs_follow_the_one_preprocessing_rule_and_cap_extreme_aspec
     rgb = np.random.default_rng(0).integers(0, 256, (90, 130, 3), dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="PNG")
-    decoded = decode_item(buf.getvalue(), DecodePlan((InputRule("depth_anything", DEFAULT, input_size=56),)))
+    decoded = decode_item(buf.getvalue(), DecodePlan((InputRule("depth_anything", IMAGENET, input_size=56),)))
     assert np.array_equal(decoded["inputs"][0], resize_for_inference(rgb, 56).transpose(2, 0, 1))
 
 

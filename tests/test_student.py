@@ -13,6 +13,7 @@ import torch
 from distill.preprocessing import PATCH_SIZE
 from distill import frozen_reference, models
 from distill.spaces import DEPTH_UP_TO_SCALE
+from distill.preprocessing import IMAGENET
 from student.config import PerturbConfig, StudentObjectiveConfig
 from student.objective import FinalFeatures, StudentObjective, attach_feature_projection
 from student.perturb import cutmix, photometric
@@ -88,7 +89,8 @@ def test_objective_confidence_and_feature_terms():
     model = models.build_model("tiny", DEPTH_UP_TO_SCALE)
     frozen = models.build_model("tiny", DEPTH_UP_TO_SCALE).backbone.eval().requires_grad_(False)
     cfg = StudentObjectiveConfig(perturb=PerturbConfig(cutmix_p=1.0), confidence_threshold=0.1)
-    objective = StudentObjective(cfg, DEPTH_UP_TO_SCALE, pseudo_group=0, frozen_encoder=frozen)
+    objective = StudentObjective(cfg, DEPTH_UP_TO_SCALE, pseudo_group=0, frozen_encoder=frozen, preprocessing=IMAGENET,
+                                 frozen_preprocessing=IMAGENET)
     b, h, w = 2, 28, 42
     confidence = torch.rand(b, h, w) * 0.8 + 0.2
     confidence[:, :, :5] = 0.0  # below the threshold: dropped
@@ -136,7 +138,8 @@ def test_feature_projection_for_a_frozen_reference_of_another_width(tmp_path):
     projection = model.training_heads["feature_projection"]
     assert (projection.in_features, projection.out_features) == (model.config.backbone_config.hidden_size, 48)
     objective = StudentObjective(StudentObjectiveConfig(perturb=PerturbConfig(enabled=False)), DEPTH_UP_TO_SCALE,
-                                 pseudo_group=0, frozen_encoder=frozen)
+                                 pseudo_group=0, frozen_encoder=frozen, preprocessing=IMAGENET,
+                                 frozen_preprocessing=IMAGENET)
     batch = pseudo_batch()
     loss, logs = objective(model, batch)
     loss.backward()
@@ -218,7 +221,8 @@ def _projection_grads_under_ddp(rank: int, world: int, port: int, out: str):
     attach_feature_projection(model, frozen)
     ddp = DistributedDataParallel(model)
     objective = StudentObjective(StudentObjectiveConfig(perturb=PerturbConfig(enabled=False)), DEPTH_UP_TO_SCALE,
-                                 pseudo_group=0, frozen_encoder=frozen)
+                                 pseudo_group=0, frozen_encoder=frozen, preprocessing=IMAGENET,
+                                 frozen_preprocessing=IMAGENET)
     torch.manual_seed(100 + rank)  # different data on each rank
     batch = pseudo_batch()
     loss, _ = objective(ddp, batch)

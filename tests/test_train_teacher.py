@@ -11,7 +11,8 @@ import pytest
 
 from distill.config import ConfigError, load_config
 from distill.engine import train
-from distill.labeled_objective import LabeledObjective, output_space_for
+from distill.labeled_objective import output_space_for
+from teacher.train import objective_for
 from teacher.config import TeacherConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +53,7 @@ def test_a_fresh_run_never_lands_on_an_earlier_one(tmp_path):
     def run(*overrides):
         cfg = small_config(tmp_path, "max_steps=2", "log_every=1", "eval_every=0", "save_every=1", "data.val=[]",
                            *overrides)
-        return train(cfg, LabeledObjective(cfg.objective), output_space_for(cfg.objective.kind))
+        return train(cfg, objective_for(cfg), output_space_for(cfg.objective.kind))
 
     run()
     first = read_log(tmp_path / "metrics.jsonl")
@@ -67,7 +68,7 @@ def test_a_fresh_run_never_lands_on_an_earlier_one(tmp_path):
 
 def test_loss_goes_down_and_final_model_loads(tmp_path):
     cfg = small_config(tmp_path, "max_steps=40", "log_every=5", "eval_every=20", "save_every=0", "optim.lr=5e-4")
-    final = train(cfg, LabeledObjective(cfg.objective), output_space_for(cfg.objective.kind))
+    final = train(cfg, objective_for(cfg), output_space_for(cfg.objective.kind))
     log = read_log(tmp_path / "metrics.jsonl")
     losses = [r["loss"] for r in log]
     assert all(r["step"] % 5 == 0 for r in log) and {"loss", "lr", "samples_per_s"} <= set(log[0])
@@ -103,18 +104,18 @@ class PreemptAt:
 def test_sigterm_checkpoint_and_resume_match_uninterrupted_run(tmp_path):
     steps = ["max_steps=8", "log_every=1", "eval_every=0", "save_every=0", "data.val=[]"]
     full = small_config(tmp_path / "full", *steps)
-    train(full, LabeledObjective(full.objective), output_space_for("gp2"))
+    train(full, objective_for(full), output_space_for("gp2"))
     expected = [r["loss"] for r in read_log(tmp_path / "full" / "metrics.jsonl")]
 
     run = small_config(tmp_path / "cut", *steps)
-    assert train(run, PreemptAt(LabeledObjective(run.objective), 3), output_space_for("gp2")) is None  # no final model
+    assert train(run, PreemptAt(objective_for(run), 3), output_space_for("gp2")) is None  # no final model
     log = read_log(tmp_path / "cut" / "metrics.jsonl")
     assert [r["step"] for r in log] == [1, 2, 3]  # stopped cleanly after the step that got SIGTERM
     assert not (tmp_path / "cut" / "final").exists()
     assert sorted(os.listdir(tmp_path / "cut" / "checkpoints")) == ["step_00000003"]
 
     resumed = small_config(tmp_path / "cut", *steps, "resume=latest")
-    assert train(resumed, LabeledObjective(resumed.objective), output_space_for("gp2")) == str(tmp_path / "cut" / "final")
+    assert train(resumed, objective_for(resumed), output_space_for("gp2")) == str(tmp_path / "cut" / "final")
     losses = [r["loss"] for r in read_log(tmp_path / "cut" / "metrics.jsonl")]
     assert losses == pytest.approx(expected, rel=1e-5, abs=1e-7)
 
@@ -139,10 +140,11 @@ sys.path.insert(0, {root!r})
 from distill.config import load_config
 from distill.engine import train
 from teacher.config import TeacherConfig
-from distill.labeled_objective import LabeledObjective, output_space_for
+from distill.labeled_objective import output_space_for
+from teacher.train import objective_for
 
 cfg = load_config(TeacherConfig, {config!r}, sys.argv[1:])
-objective = LabeledObjective(cfg.objective)
+objective = objective_for(cfg)
 rank = int(os.environ.get('RANK', 0))  # (a PartialState made here would fix world size 1 on CPU)
 
 def recording(model, batch):
@@ -202,7 +204,7 @@ def test_bad_samples_are_skipped_counted_and_stop_the_run(tmp_path):
     folder = f"data.groups.0.datasets=[{{reader: folder, root: {data}}}]"
     cfg = small_config(tmp_path / "ok", folder, "data.groups.0.parts=1", "max_steps=6", "log_every=3",
                        "eval_every=0", "save_every=0", "data.val=[]", "data.max_bad_fraction=0.5")
-    train(cfg, LabeledObjective(cfg.objective), output_space_for("gp2"))
+    train(cfg, objective_for(cfg), output_space_for("gp2"))
     reports = read_log(tmp_path / "ok" / "bad_samples_rank0.jsonl")
     assert reports and all("scene_00000" in r["error"] for r in reports)
     assert {r["error"].split(":")[0] for r in reports} <= {"FolderReader[0]", "FolderReader[1]"}
@@ -211,7 +213,7 @@ def test_bad_samples_are_skipped_counted_and_stop_the_run(tmp_path):
     strict = small_config(tmp_path / "strict", folder, "max_steps=40", "eval_every=0", "save_every=0",
                           "data.val=[]", "data.max_bad_fraction=0.01")
     with pytest.raises(RuntimeError, match=r"could not be read \(> data.max_bad_fraction = 0.01\)"):
-        train(strict, LabeledObjective(strict.objective), output_space_for("gp2"))
+        train(strict, objective_for(strict), output_space_for("gp2"))
 
 
 def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
@@ -219,6 +221,6 @@ def test_gradient_checkpointing_gives_the_same_losses(tmp_path):
     losses = []
     for flag in ("false", "true"):
         cfg = small_config(tmp_path / flag, *steps, f"model.gradient_checkpointing={flag}")
-        train(cfg, LabeledObjective(cfg.objective), output_space_for("gp2"))
+        train(cfg, objective_for(cfg), output_space_for("gp2"))
         losses.append([r["loss"] for r in read_log(tmp_path / flag / "metrics.jsonl")])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
