@@ -426,6 +426,21 @@ class _Flags:
         return f"unknown option {flag!r}; {hint}"
 
 
+def _list_flag(argv: list[str], i: int, key: str, overrides: list[str], list_flags: dict) -> int:
+    """A list flag takes every following value up to the next option (argparse's nargs="+"); the same
+    flag again extends the list. Returns the index after its values."""
+    items = []
+    while i < len(argv) and not argv[i].startswith("--") and not _KEY_VALUE.match(argv[i]):
+        items.append(_load_yaml(argv[i]) if argv[i] else "")
+        i += 1
+    if key in list_flags:
+        items = list_flags[key] + items
+        overrides.remove(f"{key}={json.dumps(list_flags[key])}")
+    list_flags[key] = items
+    overrides.append(f"{key}={json.dumps(items)}")
+    return i
+
+
 def parse_cli(cls, argv: list[str] | None = None, prog: str | None = None, aliases: dict[str, str] | None = None):
     """``[--config FILE] [key=value | --key value ...]`` -> a ``cls`` (see the module docstring).
 
@@ -473,17 +488,7 @@ def parse_cli(cls, argv: list[str] | None = None, prog: str | None = None, alias
                 else:
                     overrides.append(f"{key}=true")
             elif _is_list(_key_type(cls, key)[1]) and nxt is not None and not nxt.startswith(("[", "--")):
-                # a list flag takes every following value up to the next option (argparse's nargs="+");
-                # the same flag again extends the list
-                items = []
-                while i < len(argv) and not argv[i].startswith("--") and not _KEY_VALUE.match(argv[i]):
-                    items.append(_load_yaml(argv[i]) if argv[i] else "")
-                    i += 1
-                if key in list_flags:
-                    items = list_flags[key] + items
-                    overrides.remove(f"{key}={json.dumps(list_flags[key])}")
-                list_flags[key] = items
-                overrides.append(f"{key}={json.dumps(items)}")
+                i = _list_flag(argv, i, key, overrides, list_flags)
             else:
                 if nxt is None or nxt.startswith("--"):
                     fail(prog, f"option {flag!r} needs a value")

@@ -13,8 +13,6 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
-TTA_MODES = ("none", "flip", "flip+scales")
-
 
 @dataclass
 class PseudolabelConfig:
