@@ -400,12 +400,12 @@ def bare_run(ctx, stage: str, cfg, window: int, mem) -> dict:
     if stage == "student":
         from distill.data.transforms import TrainTransform  # noqa: PLC0415
         from student.perturb import cutmix, photometric  # noqa: PLC0415
-        from student.train import student_space  # noqa: PLC0415
+        from distill.spaces import student_output_space  # noqa: PLC0415
 
         transforms = [TrainTransform(cfg.data.crop_size, cfg.data.hflip, photometric(cfg.student.perturb))]
-        space = student_space(build_dataset(cfg.data.groups[0].datasets[0])[0].geometry)
+        space = student_output_space(build_dataset(cfg.data.groups[0].datasets[0])[0].geometry)
     else:
-        from distill.labeled_objective import output_space_for  # noqa: PLC0415
+        from distill.spaces import output_space_for  # noqa: PLC0415
 
         space = output_space_for(cfg.objective.kind)
     loader, _ = build_train_loader(cfg.data, cfg.batch_size, cfg.seed, transforms=transforms)

@@ -10,9 +10,6 @@ import torch
 from distill.losses import gp2_loss, gradient_matching_loss, ssi_loss, ssi_lsq_loss
 from distill.preprocessing import Preprocessing
 from distill.spaces import (
-    DEPTH_UP_TO_SCALE,
-    RELATIVE_DISPARITY,
-    OutputSpace,
     to_depth,
     to_disparity,
 )
@@ -26,11 +23,6 @@ class LabeledObjectiveConfig:
     gradient_weight: float = 2.0  # ssi: Depth Anything V2 uses SSI : gradient = 1 : 2
     gradient_scales: int = 4  # ssi: scales of the gradient-matching loss (stride 2^k)
     trim: float = 0.0  # drop this fraction of each sample's largest per-pixel losses (0.1 = V2's top-10%)
-
-
-def output_space_for(kind: str) -> OutputSpace:
-    """GP2 predicts depth up to scale (metric head); SSI predicts disparity up to scale and shift."""
-    return DEPTH_UP_TO_SCALE if kind == "gp2" else RELATIVE_DISPARITY
 
 
 def _per_sample(target: torch.Tensor, spaces: list[str], convert) -> torch.Tensor:

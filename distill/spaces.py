@@ -35,10 +35,18 @@ class OutputSpace:
 
     @property
     def gives_point_cloud(self) -> bool:
-        return self.geometry in ("metric", "uts")
+        return is_complete(self.geometry)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Geometrically complete: known up to at most one scale of depth, so shape (a point cloud) is known.
+COMPLETE_GEOMETRIES = ("metric", "uts")
+
+
+def is_complete(geometry: str) -> bool:
+    return geometry in COMPLETE_GEOMETRIES
 
 
 # What Depth Anything's two transformers heads produce.
@@ -120,6 +128,18 @@ def prediction_point_cloud(prediction, output_space: OutputSpace, intrinsics, ma
     return point_cloud(to_depth(prediction, output_space.space), intrinsics, mask)
 
 
+def output_space_for(kind: str) -> OutputSpace:
+    """What an objective on labeled data teaches: GP2 depth up to scale (metric head), SSI disparity up
+    to scale and shift."""
+    return DEPTH_UP_TO_SCALE if kind == "gp2" else RELATIVE_DISPARITY
+
+
+def student_output_space(label_geometry: str) -> OutputSpace:
+    """What a student learns from pseudo-labels of ``label_geometry``: a shift-ambiguous teacher's
+    disparity up to scale and shift, anything complete as depth up to scale."""
+    return RELATIVE_DISPARITY if label_geometry == "utss" else DEPTH_UP_TO_SCALE
+
+
 # --- protocols: how a prediction in an output space is compared with ground truth ----------------
 PROTOCOLS = ("affine-disparity", "scale-log", "metric")
 
@@ -137,7 +157,7 @@ def check_protocol(protocol: str, output_space: OutputSpace, gt_geometry: str = 
     if protocol == "metric" and output_space.geometry != "metric":
         raise ValueError(f"protocol 'metric' needs a model with metric output; this model predicts {out} "
                         f"(use {default_protocol(output_space)})")
-    if protocol == "scale-log" and output_space.geometry not in ("metric", "uts"):
+    if protocol == "scale-log" and not is_complete(output_space.geometry):
         raise ValueError(f"protocol 'scale-log' needs depth up to scale or better; this model predicts {out} "
                         "(use affine-disparity)")
     if gt_geometry == "none":

@@ -21,16 +21,12 @@ from distill.data.transforms import TrainTransform
 from distill.engine import make_model, model_preprocessing, train
 from distill.frozen_reference import load_frozen_reference, reference_preprocessing
 from distill.models import encoder_of, resolve_model, resolve_reference
-from distill.spaces import DEPTH_UP_TO_SCALE, RELATIVE_DISPARITY, OutputSpace
+from distill.spaces import student_output_space
 from student.config import StudentConfig
 from student.objective import StudentObjective, attach_feature_projection
 from student.perturb import photometric
 
 PROG = "train_student.py"
-
-
-def student_space(geometry: str) -> OutputSpace:
-    return RELATIVE_DISPARITY if geometry == "utss" else DEPTH_UP_TO_SCALE
 
 
 def _same_model(a: str, b: str) -> bool:
@@ -56,10 +52,10 @@ def _main(argv=None) -> int:
         resolved = resolve_model(cfg.teacher)
         teacher = resolved.model.eval().requires_grad_(False)
         teacher_preprocessing = resolved.preprocessing
-        space = student_space(resolved.output_space.geometry)
+        space = student_output_space(resolved.output_space.geometry)
     else:  # the shards say what the teacher predicted
         first = build_dataset(cfg.data.groups[pseudo_index].datasets[0], f"data.groups.{pseudo_index}.datasets.0")[0]
-        space, teacher_preprocessing = student_space(first.geometry), None
+        space, teacher_preprocessing = student_output_space(first.geometry), None
 
     torch.manual_seed(cfg.seed)
     model = make_model(cfg.model, space, cfg.data.crop_size)

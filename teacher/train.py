@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from distill.config import parse_cli, run_main
 from distill.engine import model_preprocessing, train
-from distill.labeled_objective import LabeledObjective, output_space_for
+from distill.labeled_objective import LabeledObjective
+from distill.spaces import output_space_for
 from teacher.config import TeacherConfig
 
 PROG = "train_teacher.py"

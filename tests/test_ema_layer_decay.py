@@ -23,7 +23,7 @@ from distill.engine import (
     setup,
     train,
 )
-from distill.labeled_objective import output_space_for
+from distill.spaces import output_space_for
 from teacher.train import objective_for
 from distill.spaces import DEPTH_UP_TO_SCALE
 from teacher.config import TeacherConfig

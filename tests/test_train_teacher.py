@@ -11,7 +11,7 @@ import pytest
 
 from distill.config import ConfigError, load_config
 from distill.engine import train
-from distill.labeled_objective import output_space_for
+from distill.spaces import output_space_for
 from teacher.train import objective_for
 from teacher.config import TeacherConfig
 
@@ -140,7 +140,7 @@ sys.path.insert(0, {root!r})
 from distill.config import load_config
 from distill.engine import train
 from teacher.config import TeacherConfig
-from distill.labeled_objective import output_space_for
+from distill.spaces import output_space_for
 from teacher.train import objective_for
 
 cfg = load_config(TeacherConfig, {config!r}, sys.argv[1:])

@@ -5,10 +5,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from distill.spaces import GEOMETRIES, SPACES
+from distill.spaces import GEOMETRIES, SPACES, is_complete
 
 # Geometries whose targets fix depth up to scale or better: GP2 applies its UTS term to them.
-COMPLETE_GEOMETRIES = ("metric", "uts")
 
 
 class SampleError(ValueError):
@@ -56,7 +55,7 @@ class Sample:
 
     @property
     def complete(self) -> bool:
-        return self.geometry in COMPLETE_GEOMETRIES
+        return is_complete(self.geometry)
 
     @classmethod
     def unlabeled(cls, image: np.ndarray, dataset: str, key: str, **kwargs) -> "Sample":
