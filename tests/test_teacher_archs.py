@@ -138,3 +138,40 @@ def test_input_size_sets_the_processors_size(corpus, tmp_path):
     with pytest.raises(JobError, match="has no target size to set"):
         run(load_config(PseudolabelConfig, None, [f"teacher={glpn}", f"input={corpus}", f"output={tmp_path / 'g'}",
                                                   "input_size=112", "num_workers=0", "progress=false"]))
+
+
+class _Recorder(torch.nn.Module):
+    """A model that remembers the ``pixel_values`` it was given (and answers with a flat map)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, pixel_values):
+        self.seen.append(pixel_values.detach().clone())
+        return type("Out", (), {"predicted_depth": torch.ones(pixel_values.shape[0], *pixel_values.shape[-2:])})()
+
+
+@pytest.mark.parametrize("family", list(TINY))
+def test_one_input_path_per_rule(family, corpus, tmp_path):
+    """For every family, the tensor a model is fed: labeling under the processor rule = what
+    ``pipeline("depth-estimation")`` prepares; evaluation (and validation, the same loop) = labeling under
+    ``resize=depth_anything``. (Evaluation does not use the processor yet: the two rules differ by design.)"""
+    from transformers import pipeline
+
+    from distill.evaluation import predict_images
+    from distill.inference import InputRule
+
+    model_dir = save_tiny(family, tmp_path / family)
+    resolved = resolve_model(model_dir)
+    path = sorted(corpus.iterdir())[0]
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    labeling = InputRule("processor", resolved.preprocessing, resolved.processor).prepare(rgb)
+    pipe = pipeline("depth-estimation", model=model_dir, device="cpu")
+    expected = pipe.image_processor(images=Image.fromarray(rgb), return_tensors="pt")["pixel_values"][0].numpy()
+    assert labeling.shape == expected.shape and np.allclose(labeling, expected, atol=1e-5), family
+    recorder = _Recorder()
+    predict_images(recorder, [rgb], 56, resolved.preprocessing, "cpu")
+    rule = InputRule("depth_anything", resolved.preprocessing, input_size=56)
+    labeled = rule.model_input(torch.from_numpy(rule.prepare(rgb))[None])
+    assert torch.equal(recorder.seen[0], labeled), family
