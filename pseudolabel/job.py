@@ -364,15 +364,13 @@ class _Signals(StopSignals):
 
 
 def _input_rule(cfg: PseudolabelConfig, reference: str, resolved):
-    """How the teacher sees an image: its processor (at ``--input-size`` if given) or Depth Anything's rule;
-    a one-size teacher (DPT-hybrid) refuses another size and TTA rescaling."""
+    """How the teacher sees an image: its processor (at ``--input-size`` if given) or Depth Anything's rule.
+    A one-size teacher (DPT-hybrid) sees its one size whatever ``--input-size`` says (as in evaluation: a
+    global size for several teachers applies to those that can take it) and refuses TTA rescaling."""
     from distill.inference import InputRule, processor_at_size  # noqa: PLC0415
     from distill.preprocessing import INPUT_SIZE  # noqa: PLC0415
 
     fixed = resolved.preprocessing.fixed_size
-    if cfg.input_size and fixed and cfg.input_size != fixed:
-        raise JobError(f"teacher {reference} takes one input size only ({fixed} px, a DPT-hybrid): "
-                       f"--input-size {cfg.input_size} cannot apply")
     if cfg.tta == "flip+scales" and fixed:
         raise JobError(f"teacher {reference} takes one input size only ({fixed} px, a DPT-hybrid): "
                        "--tta flip+scales cannot rescale its input; use --tta flip")
