@@ -433,11 +433,12 @@ def resume(run: Run, cfg: TrainConfig) -> int:
 
 
 def start_logging(run: Run, cfg: TrainConfig) -> None:
-    """config.yaml, trackers and the opening line, on the main process."""
+    """config.yaml, trackers and the opening line, on the main process; the output directory on every
+    process (an objective may write there from its first step, before the main process gets here)."""
     accelerator = run.accelerator
+    os.makedirs(cfg.output_dir, exist_ok=True)
     if not accelerator.is_main_process:
         return
-    os.makedirs(cfg.output_dir, exist_ok=True)
     save_config(cfg, os.path.join(cfg.output_dir, "config.yaml"))
     if cfg.tracker != "none":
         flat = {k: v for k, v in _flatten(to_dict(cfg)).items() if isinstance(v, (int, float, str, bool))}
