@@ -178,6 +178,8 @@ def _build(cls, data: dict, overrides: typing.Iterable[str]):
     from omegaconf import OmegaConf  # noqa: PLC0415
     from omegaconf.errors import OmegaConfBaseException  # noqa: PLC0415
 
+    from distill.runtime import first_line  # noqa: PLC0415
+
     renamed = getattr(cls, "RENAMED_KEYS", {})  # earlier key names a config still reads
     data = {renamed.get(k, k): v for k, v in data.items()}
     try:
@@ -188,13 +190,11 @@ def _build(cls, data: dict, overrides: typing.Iterable[str]):
             key = renamed.get(first, first) + dot + rest
             _check_indexes(cfg, key)
             OmegaConf.update(cfg, key, value, merge=True)
-        OmegaConf.to_container(cfg, throw_on_missing=True)  # every value checked before any dataclass is built
-    except OmegaConfBaseException as err:
-        raise ConfigError(_explain(err, cls)) from None
-    try:
         return OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:  # types and keys (merge, update), missing values (to_object)
+        raise ConfigError(_explain(err, cls)) from None
     except (ValueError, TypeError) as err:  # a dataclass's own __post_init__ check
-        raise ConfigError(f"{cls.__name__}: {str(err).strip().splitlines()[0]}") from None
+        raise ConfigError(f"{cls.__name__}: {first_line(err)}") from None
 
 
 def load_config(cls, path: str | os.PathLike | None = None, overrides: typing.Iterable[str] = ()):

@@ -124,8 +124,8 @@ def make_model(cfg: ModelConfig, output_space: OutputSpace, input_size: int | No
 
 
 def model_preprocessing(cfg: ModelConfig, input_size: int | None = None) -> Preprocessing:
-    """The input rule of the model ``make_model`` builds: a whole model's own image processor, else
-    the Depth Anything / DINOv2 defaults (ImageNet mean/std) at the preset's size multiple."""
+    """The input rule of the model ``make_model`` builds: a whole model's own image processor, else its
+    family's (``distill.registry.input_rule``) at the preset's size multiple or one size."""
     if cfg.init_from:
         return load_preprocessing(resolve_reference(cfg.init_from))
     return input_rule(model_config(cfg.preset, input_size=input_size))

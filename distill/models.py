@@ -96,7 +96,7 @@ def build_model(
     if p.family == "dpt_hybrid":
         return build_hybrid(preset, output_space, dinov2, input_size)
     dinov2_config = load_dinov2_config(dinov2, preset) if dinov2 is not None else None
-    model = FAMILIES[p.family].model_type_class()(model_config(preset, output_space, max_depth, dinov2_config,
+    model = FAMILIES[p.family].transformers_class()(model_config(preset, output_space, max_depth, dinov2_config,
                                                drop_path_rate=drop_path_rate))
     last = _relu_output_conv(model)
     if last is not None and not last.bias.is_meta:

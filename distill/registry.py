@@ -247,10 +247,6 @@ def model_config(preset: str, output_space: OutputSpace = RELATIVE_DISPARITY, ma
 
 
 # ------------------------------------------------------------------------------------ families
-def _patch_multiple(config) -> int:
-    return patch_size_of(config)
-
-
 def _glpn_multiple(config) -> int:
     return math.prod(config.strides)
 
@@ -264,12 +260,12 @@ class Family:
     model_class: str  # the transformers class
     output_space: OutputSpace | None  # None: read from the config (Depth Anything's two heads)
     tiny: Callable | None  # () -> (model, image processor); None: cannot label a plain image
-    size_multiple: Callable = _patch_multiple
+    size_multiple: Callable = patch_size_of
     statistics: str = "imagenet"  # or "timm": the CNN's own pretrained_cfg (DPT-hybrid)
     build_config: Callable | None = None  # a preset's config; None: loaded, never built here
     unservable: str | None = None  # why it cannot label a plain image
 
-    def model_type_class(self):
+    def transformers_class(self):
         import transformers  # noqa: PLC0415
 
         return getattr(transformers, self.model_class)
@@ -346,7 +342,6 @@ def input_rule(config) -> Preprocessing:
         return Preprocessing(mean, std, 1 / 255, patch_size_of(config),
                              f"default of a {arch} DPT-hybrid (timm's mean/std, /255, resized to {fixed}x{fixed})", fixed)
     multiple = size_multiple(config)
-    base = IMAGENET
-    if multiple == base.multiple:
-        return base
-    return replace(base, multiple=multiple, source=f"default (ImageNet mean/std, /255, multiples of {multiple})")
+    if multiple == IMAGENET.multiple:
+        return IMAGENET
+    return replace(IMAGENET, multiple=multiple, source=f"ImageNet mean/std, /255, multiples of {multiple}")

@@ -5,7 +5,6 @@ No torch import at module level: DataLoader workers and the labeling job's cheap
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import secrets
@@ -102,10 +101,6 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write bytes (or UTF-8 text) to ``path`` atomically (``atomic_path``)."""
     with atomic_path(path) as tmp, naming(tmp), open(tmp, "wb") as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
-
-
-def write_json_atomic(path: str | os.PathLike, value, indent: int | None = 1) -> None:
-    write_atomic(path, json.dumps(value, indent=indent))
 
 
 # --------------------------------------------------------------------------------------- errors

@@ -19,6 +19,7 @@ dataset only gives a focal length).
 from __future__ import annotations
 
 import glob
+import inspect
 import io
 import json
 import os
@@ -858,9 +859,13 @@ READERS = {
 
 def build_reader(name: str, /, **kwargs):
     """``READERS[name](**kwargs)`` (``name`` is positional-only, so readers can take a ``name=``
-    keyword); an unknown name raises ValueError listing the valid ones."""
+    keyword); an unknown name, or an argument the reader does not take, raises ValueError (one line)."""
     if name not in READERS:
         raise ValueError(f"unknown reader {name!r}; valid: {', '.join(sorted(READERS))}")
     if name == "hf" and kwargs.get("streaming"):  # streaming datasets are iterable-only
         name = "hf_iterable"
+    params = inspect.signature(READERS[name]).parameters
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        raise ValueError(f"reader {name!r} takes no {', '.join(unknown)}; it takes: {', '.join(params)}")
     return READERS[name](**kwargs)
