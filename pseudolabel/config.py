@@ -27,6 +27,7 @@ class PseudolabelConfig:
     hf_split: str = "train"  # Hugging Face inputs: split, image column, optional key column
     image_column: str = "image"  # Hugging Face inputs: the image column
     key_column: str | None = None  # Hugging Face inputs: the key column; default: row number
+    select: str | None = None  # a file of source ids to label, one per line (distill/curate.py's selection_ids.txt)
 
     # inference (distill.inference.InputRule)
     # processor: the teacher's own image processor and post-processing (what pipeline() does);
@@ -105,7 +106,7 @@ PERFORMANCE_OPTIONS = (
 
 
 # Output-defining options added since the first jobs, with the value those jobs were run with.
-LEGACY_DEFAULTS = {"resize": "depth_anything", "teacher_preset": None, "teacher_max_depth": None}
+LEGACY_DEFAULTS = {"resize": "depth_anything", "teacher_preset": None, "teacher_max_depth": None, "select": None}
 
 
 def defining_options(cfg: PseudolabelConfig) -> dict:

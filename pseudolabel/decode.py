@@ -33,7 +33,7 @@ from PIL import Image
 
 from distill.data.formats import pil_to_rgb
 from distill.inference import InputRule
-from pseudolabel.inputs import wds_members
+from pseudolabel.inputs import is_selected, wds_members
 
 # EXIF orientation -> the PIL transpose that makes the image upright (as ImageOps.exif_transpose).
 _TRANSPOSE = {
@@ -195,13 +195,15 @@ class ByteSource:
     Hugging Face dataset, or a member met while streaming a URL (``expand``). Opens lazily (one
     per DataLoader worker, picklable)."""
 
-    def __init__(self, kind: str, hf: dict | None = None):
-        self.kind, self.hf = kind, hf
+    def __init__(self, kind: str, hf: dict | None = None, selection: str | None = None):
+        self.kind, self.hf, self.selection = kind, hf, selection  # selection: a frozen .npy of selected id hashes
         self._tars: dict[str, int] = {}
         self._dataset = None
+        self._selected = None
 
     def __getstate__(self):
-        return {"kind": self.kind, "hf": self.hf, "_tars": {}, "_dataset": None}
+        return {"kind": self.kind, "hf": self.hf, "selection": self.selection, "_tars": {}, "_dataset": None,
+                "_selected": None}
 
     def close(self):
         for fd in self._tars.values():
@@ -211,7 +213,9 @@ class ByteSource:
     def expand(self, item: dict):
         """The inputs of a listing entry: itself, or for a URL the samples of the tar it streams."""
         if "url" in item:
-            yield from stream_tar(item["url"])
+            if self.selection and self._selected is None:
+                self._selected = np.load(self.selection)
+            yield from (x for x in stream_tar(item["url"]) if "error" in x or is_selected(self._selected, x["id"]))
         else:
             yield item
 

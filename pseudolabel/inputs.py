@@ -405,6 +405,35 @@ def _raw_to_npy(raw: str, npy: str, count: int) -> None:
         os.fsync(dst.fileno())
 
 
+# ------------------------------------------------------------------------------------- selection
+SELECTION = "selection.npy"  # in the job folder: the frozen selection (sorted id hashes)
+
+
+def read_selection(path: str) -> np.ndarray:
+    """A file of source ids, one per line (``distill/curate.py``'s ``selection_ids.txt``) -> their
+    sorted 64-bit hashes (8 bytes per id whatever the corpus). Raises InputError."""
+    try:
+        hashes = np.array([_id_hash(line) for line in _lines(path)], dtype=np.uint64)
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: cannot read the selection ({type(e).__name__}: {e})") from None
+    if not len(hashes):
+        raise InputError(f"{path}: the selection lists no ids")
+    return np.unique(hashes)
+
+
+def is_selected(selection: np.ndarray | None, item_id: str) -> bool:
+    if selection is None:
+        return True
+    h = np.uint64(_id_hash(item_id))
+    i = int(np.searchsorted(selection, h))
+    return i < len(selection) and selection[i] == h
+
+
+def select_items(items, selection: np.ndarray | None):
+    """The items whose id is selected; a streamed URL stays (its members are selected as it is read)."""
+    return items if selection is None else (i for i in items if "url" in i or is_selected(selection, i["id"]))
+
+
 class Listing:
     """Read access to the frozen listing by index range; opens lazily (picklable, per process)."""
 

@@ -56,11 +56,14 @@ from distill.runtime import StopSignals, remove_quietly, write_atomic
 from pseudolabel.claims import LISTING, Claims, claim_state, clean_temporaries
 from pseudolabel.config import LEGACY_DEFAULTS, PseudolabelConfig, defining_options
 from pseudolabel.inputs import (
+    SELECTION,
     InputError,
     Listing,
     detect,
     discover,
     rank_units,
+    read_selection,
+    select_items,
     shard_name,
     unit_count,
     unit_inputs,
@@ -103,6 +106,8 @@ def normalise(cfg: PseudolabelConfig) -> PseudolabelConfig:
         raise JobError(f"cannot load teacher: {err}") from None
     if not cfg.input.startswith("hf:") and os.path.exists(cfg.input):
         cfg.input = os.path.abspath(cfg.input)
+    if cfg.select:
+        cfg.select = os.path.abspath(cfg.select)
     return cfg
 
 
@@ -111,8 +116,7 @@ def _job_path(out: str) -> str:
     return os.path.join(out, JOB_DIR, "job.json")
 
 
-def _check_same(job: dict, cfg: PseudolabelConfig) -> None:
-    wanted = defining_options(cfg)
+def _check_same(job: dict, cfg, wanted: dict) -> None:
     started = {**LEGACY_DEFAULTS, **job["options"]}
     for key, value in sorted(wanted.items(), key=lambda kv: kv[0] != "resize"):  # the rule first: it explains the rest
         if key in started and started[key] != value:
@@ -122,27 +126,30 @@ def _check_same(job: dict, cfg: PseudolabelConfig) -> None:
             )
 
 
-def _read_job(path: str, cfg: PseudolabelConfig) -> dict:
+def _read_job(path: str, cfg, options: dict) -> dict:
     with open(path) as f:
         job = json.load(f)
-    _check_same(job, cfg)
+    _check_same(job, cfg, options)
     return job
 
 
-def prepare_job(cfg: PseudolabelConfig, rank: int) -> dict:
+def prepare_job(cfg, rank: int, options: dict | None = None) -> dict:
     """Read the frozen job, or create it: the listing is made by one process of all launches (a
-    claim on ``LISTING``, taken over if its holder dies); the others wait for ``job.json``."""
+    claim on ``LISTING``, taken over if its holder dies); the others wait for ``job.json``.
+    ``cfg``: a job's options with ``output`` and the input options (``pseudolabel.inputs.detect``);
+    ``options``: those that define its output (default: the labeling job's)."""
     out = cfg.output
     path = _job_path(out)
+    options = defining_options(cfg) if options is None else options
     if os.path.isfile(path):
-        return _read_job(path, cfg)
+        return _read_job(path, cfg, options)
     started = time.time()
     claims = Claims(out, cfg.claim_expiry_s) if rank == 0 else None  # other ranks wait for their launch's rank 0
     try:
         while not os.path.isfile(path):
             if claims is not None and claims.acquire(LISTING):
                 if not os.path.isfile(path):  # nobody finished it between the two looks
-                    return _list_job(cfg, path)
+                    return _list_job(cfg, path, options)
                 break
             if time.time() - started > 24 * 3600:
                 raise JobError(f"{path} did not appear in 24 h: is the process listing the inputs still running?")
@@ -151,10 +158,10 @@ def prepare_job(cfg: PseudolabelConfig, rank: int) -> dict:
         if claims is not None:
             claims.close()
     time.sleep(0.05)
-    return _read_job(path, cfg)
+    return _read_job(path, cfg, options)
 
 
-def _list_job(cfg: PseudolabelConfig, path: str) -> dict:
+def _list_job(cfg, path: str, options: dict) -> dict:
     out = cfg.output
     if glob.glob(os.path.join(out, "shard-*.tar")):
         raise JobError(f"{out} holds shards but no {JOB_DIR}/job.json: not an output of this job, or damaged")
@@ -162,7 +169,12 @@ def _list_job(cfg: PseudolabelConfig, path: str) -> dict:
     os.makedirs(os.path.join(out, INDEX_DIR), exist_ok=True)
     try:
         kind, spec = detect(cfg, exclude=out)
-        counts = write_listing(discover(kind, spec, cfg), job_dir, unique="walk" in spec)
+        selection = None
+        if getattr(cfg, "select", None):  # frozen with the listing: a stream's members are selected from it later
+            selection = read_selection(cfg.select)
+            os.makedirs(job_dir, exist_ok=True)
+            write_atomic(os.path.join(job_dir, SELECTION), _npy_bytes(selection))
+        counts = write_listing(select_items(discover(kind, spec, cfg), selection), job_dir, unique="walk" in spec)
     except InputError as e:
         raise JobError(str(e)) from None
     if counts["items"] == 0:
@@ -172,7 +184,7 @@ def _list_job(cfg: PseudolabelConfig, path: str) -> dict:
         hf = {"name": spec["name"], "split": cfg.hf_split, "image_column": cfg.image_column}
     job = {
         "version": 1,
-        "options": defining_options(cfg),
+        "options": options,
         "input_kind": kind,
         "hf": hf,
         "items": counts["items"],
@@ -182,6 +194,16 @@ def _list_job(cfg: PseudolabelConfig, path: str) -> dict:
     job["units"] = unit_count(counts["items"], unit_inputs(job))
     write_atomic(path, json.dumps(job, indent=1).encode())
     return job
+
+
+def _npy_bytes(array) -> bytes:
+    import io  # noqa: PLC0415
+
+    import numpy as np  # noqa: PLC0415
+
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------ resume / claims
@@ -392,7 +414,7 @@ class _Labeler:
         from pseudolabel.decode import ByteSource, DecodePlan  # noqa: PLC0415
         from pseudolabel.tta import Predictor  # noqa: PLC0415
 
-        self.cfg, self.job = cfg, job
+        self.cfg, self.job, self.world = cfg, job, world
         device, precision, autocast = self._device(cfg, local_rank)
         references = cfg.teacher.split(",")
         names = teacher_names(references)
@@ -410,7 +432,7 @@ class _Labeler:
         self.device, self.predictors, self.teachers = device, predictors, teachers
         out = cfg.output
         self.listing = Listing(os.path.join(out, JOB_DIR))
-        self.source = ByteSource(job["input_kind"], job["hf"])
+        self.source = ByteSource(job["input_kind"], job["hf"], os.path.join(out, JOB_DIR, SELECTION) if cfg.select else None)
         self.plan = DecodePlan(tuple(p.rule for p in predictors), cfg.store_image, cfg.image_max_side, cfg.image_ext,
                                cfg.jpeg_quality, cfg.draft, cfg.max_pixels)
         self.header = {"teacher": references[0], "space": space.space, "geometry": space.geometry, "teachers": teachers}
@@ -449,7 +471,14 @@ class _Labeler:
             precision = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
         return device, precision, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
-    def label(self, units: list[int], claims: Claims, check_stop) -> list[int]:
+    @property
+    def committed(self) -> int:
+        return self.labeled_committed
+
+    def close(self):
+        self.bar.close()
+
+    def work(self, units: list[int], claims: Claims, check_stop) -> list[int]:
         """Label ``units`` (claimed); returns those taken over by another process meanwhile (not committed).
         ``check_stop()`` raises ``Stopped`` before a batch once a signal came."""
         from pseudolabel.runner import run_model  # noqa: PLC0415
@@ -521,32 +550,32 @@ def _more_to_claim(cfg: PseudolabelConfig, order, done: set, claims: Claims, sig
     return False
 
 
-def run(cfg: PseudolabelConfig, log=print) -> dict | None:
-    """Label units of the job as long as some are free to claim; returns the manifest if the job is now complete."""
-    cfg = normalise(cfg)
+def work_units(cfg, job: dict, start_worker, log=print):
+    """This process's part of a job (labeling, curation): claim free units in its order, have the
+    worker do them, until none is free; returns the worker (None if nothing was claimed).
+    ``start_worker(rank, world, local_rank)`` is called once, at the first claim; the worker's
+    ``work(units, claims, check_stop)`` commits each unit (its index last) and returns the units
+    another process took over meanwhile; ``close()`` ends it, ``committed`` counts its inputs."""
     rank, world, local_rank = process_info()
     out = cfg.output
-    with _writing(out):
-        job = prepare_job(cfg, rank)
     slot, slots = launch_slot(rank, world)
     order = unit_order(job["units"], slot, slots)
     signals = _Signals()
-    labeler = None
+    worker = None
     try:
         with _writing(out):
             clean_temporaries(out)
             suspect = suspect_units(out, rank_units(job["units"], slot, slots))
             claims = Claims(out, cfg.claim_expiry_s)
         done: set[int] = set()
-        started = time.perf_counter()
         try:
             with _writing(out):
                 while True:
                     signals.check()
                     batch = claim_batch(out, order, claims, cfg.claim_units, done, suspect)
                     if batch:
-                        labeler = labeler or _Labeler(cfg, job, rank, world, local_rank)
-                        lost = labeler.label(batch, claims, signals.check)
+                        worker = worker or start_worker(rank, world, local_rank)
+                        lost = worker.work(batch, claims, signals.check)
                         if lost:
                             log(f"process {rank + 1}/{world}: {', '.join(map(shard_name, lost))} taken over by another "
                                 "process (this one was stalled past claim_expiry_s): left to it")
@@ -556,19 +585,31 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
                     if not _more_to_claim(cfg, order, done, claims, signals, log, f"process {rank + 1}/{world}"):
                         break
         finally:
-            if labeler is not None:
-                labeler.bar.close()
+            if worker is not None:
+                worker.close()
             claims.close()
-        if labeler is not None and cfg.progress:
-            elapsed = max(time.perf_counter() - started, 1e-9)
-            log(f"process {rank + 1}/{world}: {labeler.labeled} labeled, {labeler.skipped} skipped, {labeler.units} "
-                f"shards in {elapsed:.1f} s; "
-                f"{labeler.stats.summary(elapsed, max(1, labeler.labeled + labeler.skipped), labeler.writer_cpu)}")
         with _writing(out):
             clean_temporaries(out)
-            return finalize(out, job)
+        return worker
     except Stopped as stop:
-        stop.labeled = labeler.labeled_committed if labeler is not None else 0
+        stop.labeled = worker.committed if worker is not None else 0
         raise
     finally:
         signals.restore()
+
+
+def run(cfg: PseudolabelConfig, log=print) -> dict | None:
+    """Label units of the job as long as some are free to claim; returns the manifest if the job is now complete."""
+    cfg = normalise(cfg)
+    rank, _, _ = process_info()
+    with _writing(cfg.output):
+        job = prepare_job(cfg, rank)
+    started = time.perf_counter()
+    labeler = work_units(cfg, job, lambda rank, world, local_rank: _Labeler(cfg, job, rank, world, local_rank), log)
+    if labeler is not None and cfg.progress:
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        log(f"process {rank + 1}/{labeler.world}: {labeler.labeled} labeled, {labeler.skipped} skipped, {labeler.units} "
+            f"shards in {elapsed:.1f} s; "
+            f"{labeler.stats.summary(elapsed, max(1, labeler.labeled + labeler.skipped), labeler.writer_cpu)}")
+    with _writing(cfg.output):
+        return finalize(cfg.output, job)
