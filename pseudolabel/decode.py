@@ -81,7 +81,7 @@ def encode_image(rgb: np.ndarray, ext: str, quality: int) -> bytes:
     return buf.getvalue()
 
 
-def _orientation(im: Image.Image) -> int:
+def exif_orientation(im: Image.Image) -> int:
     try:
         value = im.getexif().get(0x0112, 1)
         return int(value) if int(value) in range(1, 9) else 1
@@ -99,7 +99,7 @@ def _resize(rgb: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb, (hw[1], hw[0]), interpolation=interpolation)
 
 
-def _open(data) -> Image.Image:
+def open_image(data) -> Image.Image:
     if isinstance(data, Image.Image):
         return data
     if not data:
@@ -116,7 +116,7 @@ def _open(data) -> Image.Image:
         raise DecodeFailure(f"cannot read image header ({type(e).__name__}: {e})") from None
 
 
-def _upright_rgb(im, orientation: int, w_raw: int, h_raw: int) -> np.ndarray:
+def upright_rgb(im, orientation: int, w_raw: int, h_raw: int) -> np.ndarray:
     """Decode (at the draft scale, if one was set), apply the EXIF orientation, uint8 RGB; any
     decoding error is one ``DecodeFailure`` (naming the file's own ``w_raw`` x ``h_raw``)."""
     try:
@@ -141,13 +141,13 @@ def decode_item(data, plan: DecodePlan) -> dict:
     """``data``: the file's bytes (or a PIL image). Returns ``inputs`` (per teacher, its model input
     [3, h, w], ``InputRule.prepare``), ``image_hw`` (the size of the stored image, which decoded samples have),
     ``original_hw``, ``stored`` (bytes or None), ``stored_how`` and ``meta``."""
-    im = _open(data)
+    im = open_image(data)
     w_raw, h_raw = im.size
     if w_raw < 1 or h_raw < 1:
         raise DecodeFailure(f"image has no pixels ({w_raw}x{h_raw})")
     if w_raw * h_raw > plan.max_pixels:
         raise DecodeFailure(f"image too large: {w_raw}x{h_raw} = {w_raw * h_raw} pixels > max_pixels {plan.max_pixels} (decompression-bomb guard)")
-    orientation = _orientation(im)
+    orientation = exif_orientation(im)
     swap = orientation in (5, 6, 7, 8)
     h0, w0 = (w_raw, h_raw) if swap else (h_raw, w_raw)
     source_format, source_mode = im.format or "", im.mode
@@ -173,7 +173,7 @@ def decode_item(data, plan: DecodePlan) -> dict:
             im.draft(im.mode, request)
         except (OSError, ValueError):
             pass  # decode at full size
-    rgb = _upright_rgb(im, orientation, w_raw, h_raw)
+    rgb = upright_rgb(im, orientation, w_raw, h_raw)
 
     stored = None
     if how == "original":

@@ -413,7 +413,7 @@ def read_selection(path: str) -> np.ndarray:
     """A file of source ids, one per line (``distill/curate.py``'s ``selection_ids.txt``) -> their
     sorted 64-bit hashes (8 bytes per id whatever the corpus). Raises InputError."""
     try:
-        hashes = np.array([_id_hash(line) for line in _lines(path)], dtype=np.uint64)
+        hashes = np.array([_id_hash(line.rstrip("\r\n")) for line in _lines(path) if line.strip()], dtype=np.uint64)
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"{path}: cannot read the selection ({type(e).__name__}: {e})") from None
     if not len(hashes):

@@ -363,7 +363,7 @@ def write_failure(err: OSError, out: str) -> WriteFailure:
 
 
 @contextlib.contextmanager
-def _writing(out: str):
+def writing(out: str):
     """An OSError on a file of the output becomes one line naming the file and the free space."""
     try:
         yield
@@ -563,13 +563,13 @@ def work_units(cfg, job: dict, start_worker, log=print):
     signals = _Signals()
     worker = None
     try:
-        with _writing(out):
+        with writing(out):
             clean_temporaries(out)
             suspect = suspect_units(out, rank_units(job["units"], slot, slots))
             claims = Claims(out, cfg.claim_expiry_s)
         done: set[int] = set()
         try:
-            with _writing(out):
+            with writing(out):
                 while True:
                     signals.check()
                     batch = claim_batch(out, order, claims, cfg.claim_units, done, suspect)
@@ -588,7 +588,7 @@ def work_units(cfg, job: dict, start_worker, log=print):
             if worker is not None:
                 worker.close()
             claims.close()
-        with _writing(out):
+        with writing(out):
             clean_temporaries(out)
         return worker
     except Stopped as stop:
@@ -602,7 +602,7 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
     """Label units of the job as long as some are free to claim; returns the manifest if the job is now complete."""
     cfg = normalise(cfg)
     rank, _, _ = process_info()
-    with _writing(cfg.output):
+    with writing(cfg.output):
         job = prepare_job(cfg, rank)
     started = time.perf_counter()
     labeler = work_units(cfg, job, lambda rank, world, local_rank: _Labeler(cfg, job, rank, world, local_rank), log)
@@ -611,5 +611,5 @@ def run(cfg: PseudolabelConfig, log=print) -> dict | None:
         log(f"process {rank + 1}/{labeler.world}: {labeler.labeled} labeled, {labeler.skipped} skipped, {labeler.units} "
             f"shards in {elapsed:.1f} s; "
             f"{labeler.stats.summary(elapsed, max(1, labeler.labeled + labeler.skipped), labeler.writer_cpu)}")
-    with _writing(cfg.output):
+    with writing(cfg.output):
         return finalize(cfg.output, job)

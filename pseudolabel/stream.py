@@ -32,11 +32,11 @@ from pseudolabel.decode import ByteSource, DecodeFailure, DecodePlan, decode_ite
 from pseudolabel.inputs import Listing, make_key, unit_range
 
 
-def _identity(x):
+def identity(x):
     return x
 
 
-def _worker_init(nice: int, _worker_id: int):
+def init_worker(nice: int, _worker_id: int):
     import cv2  # noqa: PLC0415
 
     cv2.setNumThreads(1)  # one core per worker; the model owns the rest
@@ -145,7 +145,7 @@ def build_loader(stream: LabelStream, num_workers: int, prefetch_factor: int, pi
     workers = min(num_workers, max(1, chunks))  # a worker without chunks would only cost memory
     kwargs = {}
     if workers > 0:
-        kwargs = {"prefetch_factor": prefetch_factor, "worker_init_fn": functools.partial(_worker_init, nice),
+        kwargs = {"prefetch_factor": prefetch_factor, "worker_init_fn": functools.partial(init_worker, nice),
                   "in_order": False}
-    return DataLoader(stream, batch_size=None, collate_fn=_identity, num_workers=workers if num_workers else 0,
+    return DataLoader(stream, batch_size=None, collate_fn=identity, num_workers=workers if num_workers else 0,
                       pin_memory=pin_memory, **kwargs)

@@ -37,6 +37,12 @@ CASES = [
     ("distill-pseudolabel", ["--teacher", "{junk}", "--input", "{empty}", "--output", "{out}"], "junk.bin"),
     ("distill-pseudolabel", ["--teacher", "{teacher}", "--input", "{empty}", "--output", "{out}", "--batch-size", "x"],
      "batch_size"),
+    ("distill-curate", ["--input", "{empty}", "--output", "{out}", "encoder=efficientnet-lite0"], "no images found"),
+    ("distill-curate", ["--input", "/nonexistent/in", "--output", "{out}"], "/nonexistent/in"),
+    ("distill-curate", ["--input", "{junk}", "--output", "{out}"], "junk.bin"),
+    ("distill-curate", ["--input", "{scenes}", "--output", "{out}", "encoder=/nonexistent/encoder"], "/nonexistent/encoder"),
+    ("distill-curate", ["--input", "{scenes}", "--output", "{out}", "budget=-3"], "budget"),
+    ("distill-curate", ["status", "{empty}"], "no _job/job.json"),
     ("distill-evaluate", ["--model", "/nonexistent", "--benchmark", "folder", "--data-root", "{scenes}"], "/nonexistent"),
     ("distill-evaluate", ["--model", "{junk}", "--benchmark", "folder", "--data-root", "{scenes}"], "junk.bin"),
     ("distill-evaluate", ["--model", "{teacher}", "--benchmark", "folder", "--data-root", "/nonexistent"], "/nonexistent"),
@@ -82,4 +88,4 @@ def test_bad_input_is_one_line_and_exit_2(script, argv, names, paths, tmp_path, 
     assert code == 2, err
     assert len(errors) == 1 and "Traceback" not in err, err
     assert names.format(**paths) in errors[0], errors[0]
-    assert not (tmp_path / "out").exists() or script == "distill-pseudolabel"
+    assert not (tmp_path / "out").exists() or script in ("distill-pseudolabel", "distill-curate")  # a job's listing
