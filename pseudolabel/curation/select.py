@@ -17,6 +17,7 @@ from pseudolabel.curation.config import MEASURED_THRESHOLDS, CurateConfig
 from pseudolabel.curation.embed import MERGED
 
 SELECT_DIR = "_select"
+CHECKPOINT_VERSION = 2  # bumped when what a checkpoint holds changes: older ones are recomputed
 # decision codes of decisions.npz, in the order the report lists them
 DECISIONS = ("selected", "over budget", "exact duplicate", "near duplicate", "tiny", "aspect", "blank", "grayscale")
 
@@ -66,7 +67,7 @@ def select(cfg: CurateConfig, out: str, log=print) -> dict:
     code = junk_codes(facts, cfg)
     valid = code == 0
     folder = os.path.join(out, SELECT_DIR)
-    key = {"images": n, "leaf_size": cfg.leaf_size, "margin": cfg.margin, "seed": cfg.seed, "threads": cfg.threads,
+    key = {"version": CHECKPOINT_VERSION, "images": n, "leaf_size": cfg.leaf_size, "margin": cfg.margin, "seed": cfg.seed, "threads": cfg.threads,
            "junk": [cfg.min_side, cfg.max_aspect, cfg.blank_std, cfg.drop_grayscale]}
     log(f"clustering {int(valid.sum())} of {n} images (two-level k-means, leaves of ~{cfg.leaf_size})")
     top = groups.checkpoint(folder, "top", key, lambda: groups.top_level(embeddings, valid, cfg.leaf_size, cfg.margin, cfg.seed))
@@ -75,9 +76,9 @@ def select(cfg: CurateConfig, out: str, log=print) -> dict:
     log(f"pairs within {int(leaves['leaves'])} leaves at cosine >= {threshold}")
     pairs = groups.checkpoint(folder, "pairs", pair_key, lambda: {
         "near": groups.near_pairs(embeddings, leaves, threshold, facts["phash"], cfg.phash_bits),
-        "exact": groups.exact_pairs(facts["pixel_hash"], valid)})
+        "exact": groups.exact_representatives(facts["pixel_hash"], valid)})
     pixels = facts["height"].astype(np.int64) * facts["width"]
-    _, rep = groups.duplicate_groups(n, np.concatenate([pairs["exact"], pairs["near"]]).astype(np.int64), pixels, cfg.keep)
+    rep = groups.representatives(n, pairs["exact"], pairs["near"].astype(np.int64), pixels, cfg.keep)
     duplicate = valid & (rep != np.arange(n))
     same_pixels = np.all(facts["pixel_hash"][rep] == facts["pixel_hash"], axis=1)
     code[duplicate & same_pixels] = DECISIONS.index("exact duplicate")
