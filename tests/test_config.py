@@ -298,7 +298,7 @@ def test_fail_is_one_line(capsys):
 COMMAND_CONFIGS = [("teacher.config", "TeacherConfig"), ("student.config", "StudentConfig"), ("teacher.metric", "MetricConfig"),
                    ("pseudolabel.config", "PseudolabelConfig"), ("distill.evaluate", "EvaluateConfig"),
                    ("distill.release", "ReleaseConfig"), ("distill.export", "ExportConfig"),
-                   ("distill.quickstart", "QuickstartConfig")]
+                   ("distill.quickstart", "QuickstartConfig"), ("pseudolabel.curation.config", "CurateConfig")]
 
 
 @pytest.mark.parametrize("module, name", COMMAND_CONFIGS)
