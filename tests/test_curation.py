@@ -210,7 +210,7 @@ def _tar(path: Path, members: dict[str, bytes]) -> Path:
     return path
 
 
-def test_tar_members_and_streamed_members_are_items_and_labeling_takes_the_selection(corpus, tmp_path):
+def test_tar_members_dataset_rows_and_streamed_members_are_items_and_labeling_takes_the_selection(corpus, tmp_path):
     from distill.data.shards import ShardReader
     from distill.models import build_model, save_model
     from pseudolabel.config import PseudolabelConfig
@@ -218,8 +218,12 @@ def test_tar_members_and_streamed_members_are_items_and_labeling_takes_the_selec
 
     files = ["p0_orig.jpg", "p0_zcopy.png", "p1_orig.jpg", "p1_zexact.jpg", "p6_orig.jpg"]
     tar = _tar(tmp_path / "in-000.tar", {f"{Path(f).stem}.{Path(f).suffix[1:]}": (corpus / f).read_bytes() for f in files})
+    import datasets
+
+    ds = datasets.Dataset.from_dict({"image": [str(corpus / f) for f in files]}).cast_column("image", datasets.Image())
+    ds.save_to_disk(str(tmp_path / "hfds"))
     ids = {}
-    for name, inputs in (("tars", tar), ("urls", f"pipe:cat {tar}")):
+    for name, inputs in (("tars", tar), ("urls", f"pipe:cat {tar}"), ("hf", f"hf:{tmp_path / 'hfds'}")):
         out = tmp_path / f"cur-{name}"
         curate(config(inputs, out))
         items = [json.loads(line) for line in open(out / "items.jsonl")]
@@ -229,7 +233,7 @@ def test_tar_members_and_streamed_members_are_items_and_labeling_takes_the_selec
     torch.manual_seed(0)
     teacher = tmp_path / "teacher"
     save_model(build_model("tiny"), teacher, size=56)
-    for name, inputs in (("tars", tar), ("urls", f"pipe:cat {tar}")):
+    for name, inputs in (("tars", tar), ("urls", f"pipe:cat {tar}"), ("hf", f"hf:{tmp_path / 'hfds'}")):
         cfg = load_config(PseudolabelConfig, None, [f"teacher={teacher}", f"input={inputs}", f"output={tmp_path / ('lab-' + name)}",
                                                     "batch_size=2", "num_workers=0", "progress=false",
                                                     f"select={tmp_path / f'cur-{name}' / 'selection_ids.txt'}"])
