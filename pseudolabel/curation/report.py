@@ -95,7 +95,7 @@ def write_report(out: str, summary: dict, kind: str, hf: dict | None, seed: int 
     dup = np.flatnonzero(rep != np.arange(len(rep)))
     reps, counts = np.unique(rep[dup], return_counts=True)
     shown = reps[np.argsort(-counts, kind="stable")][:ROWS]
-    group_rows = [(f"group of {1 + int((rep[dup] == r).sum())}: kept {items['path'][r][-60:]}",
+    group_rows = [(f"group of {1 + int((rep[dup] == r).sum())}: kept {items['path'][r].rsplit('/', 1)[-1][-60:]}",
                    [int(r)] + [int(m) for m in dup[rep[dup] == r][:7]]) for r in shown]
     if group_rows:
         _save(contact_sheet(group_rows, items, source, listing, True), os.path.join(folder, "duplicates.jpg"))
