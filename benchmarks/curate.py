@@ -16,12 +16,20 @@ embedding pass's images/s per CPU core, and each transformation's perceptual-has
 functions the command runs (two-level k-means, pairs within leaves, groups, balanced selection),
 with the time of each step and the peak anonymous memory (what is not the mapped file).
 
+``student``: does curation pay at an equal labeling budget? distill-gain v2's data (its
+``Experiment``: a ``mini`` teacher on 40 labeled scenes, the unlabeled corpus of render and photo
+style scenes) made duplicate-heavy on purpose: half its images are near-copies (``TRANSFORMS``) of
+a fifth of them. The same teacher labels ``budget`` images of it twice: a uniform random sample
+(uncurated) and the curate command's selection; a student (pseudo-labels only, distill-gain's L1)
+learns from each; broad test AbsRel of both.
+
 ``resume``: the command interrupted by SIGTERM during the embedding pass and by SIGKILL during
 the selection, then rerun, against an uninterrupted run: the selection's files byte for byte.
 
     python benchmarks/curate.py --part corpus --sources 300
     python benchmarks/curate.py --part scale --images 1000000
     python benchmarks/curate.py --part resume
+    python benchmarks/curate.py --part student --corpus 1600 --budget 600 --steps 600
 """
 from __future__ import annotations
 
@@ -396,9 +404,69 @@ def part_resume(args) -> dict:
     return result
 
 
+def duplicate_heavy(exp, corpus: int, seed: int) -> Path:
+    """``data/corpus-dup/``: ``corpus / 2`` distinct images of distill-gain's corpus, and ``corpus / 2``
+    near-copies of the first fifth of them (each of those copied 2.5 times on average); its list file."""
+    rng = np.random.default_rng(seed)
+    images = [Path(line) for line in (exp.data / "corpus.txt").read_text().splitlines()]
+    originals = [images[i] for i in sorted(rng.choice(len(images), corpus // 2, replace=False))]
+    popular = originals[: corpus // 5]
+    folder = exp.data / "corpus-dup"
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = []
+    for path in originals:
+        listed.append(path)
+    for k in range(corpus - len(originals)):
+        source = popular[k % len(popular)]
+        kind = TRANSFORMS[int(rng.integers(len(TRANSFORMS)))]
+        copy = folder / f"{source.parent.parent.name}-{source.stem}-copy{k}-{kind}.jpg"
+        if not copy.is_file():
+            copy.write_bytes(transform(np.asarray(Image.open(source).convert("RGB")), kind, rng))
+        listed.append(copy)
+    order = rng.permutation(len(listed))
+    path = exp.data / "corpus-dup.txt"
+    path.write_text("".join(f"{listed[i]}\n" for i in order))
+    return path
+
+
+def part_student(args) -> dict:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from distill_gain import DistillGainConfig, Experiment, broad  # noqa: PLC0415
+
+    cfg = DistillGainConfig(output_dir=args.output_dir, seeds=1, steps=args.steps, budgets=[40],
+                            corpus=max(args.corpus, 800), val_scenes=16, test_scenes=64)
+    exp = Experiment(cfg)
+    exp.generate()
+    exp.lr = 5e-4
+    dup_list = duplicate_heavy(exp, args.corpus, 0)
+    teacher = exp.teacher("teacher", 0, 40)
+    rng = np.random.default_rng(1)
+    lines = dup_list.read_text().splitlines()
+    uncurated = exp.data / "uncurated.txt"
+    uncurated.write_text("".join(f"{lines[i]}\n" for i in sorted(rng.choice(len(lines), args.budget, replace=False))))
+    curated_dir = exp.out / "curated"
+    if not (curated_dir / "selection.txt").is_file():
+        curate(dup_list, curated_dir, f"budget={args.budget}")
+    selection = json.loads((curated_dir / "selection.json").read_text())
+    result = {"corpus": args.corpus, "budget": args.budget, "steps": args.steps, "curation": selection["counts"]}
+    for name, inputs in (("uncurated", uncurated), ("curated", curated_dir / "selection.txt")):
+        labels = exp.label(f"{name}-b{args.budget}", [teacher], inputs=inputs)
+        student = exp.student("L1", 0, 40, labels, exp.lr, name=f"{name}-L1")
+        scores = exp.scores(student)
+        copies = sum("-copy" in line for line in Path(inputs).read_text().splitlines())
+        result[name] = {"broad_test_abs_rel": broad(scores, "test"), "broad_val_abs_rel": broad(scores, "val"),
+                        "scores": scores, "copies_labeled": copies}
+    result["teacher"] = {"broad_test_abs_rel": broad(exp.scores(teacher), "test")}
+    for name in ("uncurated", "curated"):
+        print(f"{name:10s}: {result[name]['copies_labeled']} of {args.budget} labeled images are copies; student broad "
+              f"test AbsRel {result[name]['broad_test_abs_rel']:.4f} (val {result[name]['broad_val_abs_rel']:.4f})")
+    print(f"teacher: {result['teacher']['broad_test_abs_rel']:.4f}")
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--part", choices=("corpus", "scale", "resume"), required=True)
+    parser.add_argument("--part", choices=("corpus", "scale", "resume", "student"), required=True)
     parser.add_argument("--output_dir", default="runs/curate-benchmark")
     parser.add_argument("--sources", type=int, default=300, help="render-style scenes (corpus, resume)")
     parser.add_argument("--images", type=int, default=1_000_000, help="simulated embeddings (scale)")
@@ -406,8 +474,11 @@ def main() -> None:
     parser.add_argument("--margin", type=float, default=0.03, help="boundary margin (scale)")
     parser.add_argument("--threshold", type=float, default=0.95, help="cosine of the simulated duplicates (scale)")
     parser.add_argument("--keep", action="store_true", help="keep the simulated embeddings file")
+    parser.add_argument("--corpus", type=int, default=1600, help="images of the duplicate-heavy corpus (student)")
+    parser.add_argument("--budget", type=int, default=600, help="labeled images of each student (student)")
+    parser.add_argument("--steps", type=int, default=600, help="teacher and student steps (student)")
     args = parser.parse_args()
-    result = {"corpus": part_corpus, "scale": part_scale, "resume": part_resume}[args.part](args)
+    result = {"corpus": part_corpus, "scale": part_scale, "resume": part_resume, "student": part_student}[args.part](args)
     result["date"] = time.strftime("%Y-%m-%d %H:%M")
     Path(args.output_dir).mkdir(parents=True, exist_ok=True)
     name = args.part if args.part != "scale" else f"scale-{args.images}"

@@ -181,12 +181,12 @@ class Experiment:
                                                 *self.common(out, seed, max(1, self.args.steps // 6))))
         return out
 
-    def label(self, name: str, teachers: list[Path], tta: str = "flip") -> Path:
+    def label(self, name: str, teachers: list[Path], tta: str = "flip", inputs: Path | None = None) -> Path:
         out = self.out / "labels" / name
         if not (out / "manifest.json").is_file():
             self.stages.run("pseudolabel", accelerate_launch(
                 "distill/pseudolabel.py", "--teacher", ",".join(str(t) for t in teachers), "--input",
-                str(self.data / "corpus.txt"), "--output", str(out), "--resize", "depth_anything", "--input-size",
+                str(inputs or self.data / "corpus.txt"), "--output", str(out), "--resize", "depth_anything", "--input-size",
                 str(INPUT_SIZE), "--tta", tta, "--store-image", "reencode", "--image-ext", "png", "--shard-size", "500",
                 "--no-progress"))
         return out
