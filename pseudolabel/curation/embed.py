@@ -210,7 +210,8 @@ class Embedder:
         n, skipped = len(done["records"]), len(done["errors"])
         index = {"unit": unit, "shard": relative, "bytes": len(data), "inputs": n + skipped, "labeled": n,
                  "skipped": skipped, "dim": dim, "samples": done["records"], "errors": done["errors"]}
-        write_atomic(index_path(out, name), json.dumps(index, ensure_ascii=False).encode("utf-8"))
+        # compact: status and merge read only the head, up to ,"samples":
+        write_atomic(index_path(out, name), json.dumps(index, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
         self.committed += n
         return True
 
@@ -218,22 +219,38 @@ class Embedder:
         self.bar.close()
 
 
+def _heads(out: str, job: dict) -> list[dict] | None:
+    """Every unit's index head (counts, its embedding file), or None while a unit is not done; only the
+    heads are parsed, so checking a 10M-image pass holds no per-image records."""
+    from pseudolabel.status import index_head  # noqa: PLC0415
+
+    heads = []
+    for unit in range(job["units"]):
+        head = index_head(index_path(out, shard_name(unit)))
+        embeddings = os.path.join(out, head["shard"]) if head else ""
+        if head is None or not os.path.isfile(embeddings) or os.path.getsize(embeddings) != head["bytes"]:
+            return None
+        heads.append(head)
+    return heads
+
+
 def merge(out: str, job: dict) -> dict | None:
-    """If every unit is done: the merged files (module docstring), ``embedded.json`` last; its content."""
+    """If every unit is done: the merged files (module docstring), ``embedded.json`` last; its content.
+    Units are read one at a time: memory holds one unit's records and the fact columns."""
     if not all(os.path.isfile(index_path(out, shard_name(u))) for u in range(job["units"])):
         return None
-    indexes = [read_index(out, shard_name(u)) for u in range(job["units"])]
-    if any(i is None for i in indexes):
+    heads = _heads(out, job)
+    if heads is None:
         return None
-    n = sum(i["labeled"] for i in indexes)
-    dim = max(i["dim"] for i in indexes)
+    n, dim = sum(h["labeled"] for h in heads), max(h["dim"] for h in heads)
     path = os.path.join(out, "embeddings.npy")
     tmp, items_tmp, errors_tmp = (temp_path(os.path.join(out, f)) for f in ("embeddings.npy", "items.jsonl", "errors.jsonl"))
     merged = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(n, dim))
     blocks: dict[str, list] = {c: [] for c in (*FACT_COLUMNS, "pixel_hash", "phash")}
     row = 0
     with open(items_tmp, "w", encoding="utf-8") as items, open(errors_tmp, "w", encoding="utf-8") as errors:
-        for index in indexes:
+        for unit in range(job["units"]):
+            index = read_index(out, shard_name(unit))
             block = np.load(os.path.join(out, index["shard"]))
             merged[row: row + len(block)] = block
             row += len(block)
@@ -252,7 +269,7 @@ def merge(out: str, job: dict) -> dict | None:
     os.replace(tmp, path)
     os.replace(items_tmp, os.path.join(out, "items.jsonl"))
     os.replace(errors_tmp, os.path.join(out, "errors.jsonl"))
-    summary = {"version": 1, "images": n, "errors": sum(i["skipped"] for i in indexes), "dim": dim,
-               "inputs": sum(i["inputs"] for i in indexes), "options": job["options"], "input_kind": job["input_kind"]}
+    summary = {"version": 1, "images": n, "errors": sum(h["skipped"] for h in heads), "dim": dim,
+               "inputs": sum(h["inputs"] for h in heads), "options": job["options"], "input_kind": job["input_kind"]}
     write_atomic(os.path.join(out, MERGED), json.dumps(summary, indent=1).encode())
     return summary

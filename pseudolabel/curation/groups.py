@@ -202,10 +202,10 @@ def representatives(n: int, exact: np.ndarray, near: np.ndarray, pixels: np.ndar
     return keep_one(n, near, pixels, keep)[exact]
 
 
-def id_rank(ids: list[str], seed: int) -> np.ndarray:
-    """A per-image order that depends only on (seed, id)."""
-    return np.array([int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little")
-                     for i in ids], dtype=np.uint64)
+def id_rank(ids, seed: int, count: int = -1) -> np.ndarray:
+    """A per-image order that depends only on (seed, id); ``ids`` may be a stream."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(f"{seed}:{i}".encode(), digest_size=8).digest(), "little")
+                        for i in ids), dtype=np.uint64, count=count)
 
 
 def balanced(clusters: np.ndarray, rank: np.ndarray, budget: int | None) -> np.ndarray:

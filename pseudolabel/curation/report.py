@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps
 
 from distill.runtime import write_atomic
-from pseudolabel.curation.select import DECISIONS, read_items
+from pseudolabel.curation.select import DECISIONS, items_of
 from pseudolabel.decode import ByteSource, exif_orientation, open_image, upright_rgb
 from pseudolabel.inputs import Listing
 from pseudolabel.job import JOB_DIR
@@ -48,7 +48,7 @@ def contact_sheet(rows: list[tuple[str, list[int]]], items, source, listing, fra
         draw.text((4, top), label, fill=(0, 0, 0))
         for x, row in enumerate(members):
             left = x * (THUMB + 4) + 4
-            sheet.paste(_thumbnail(source, listing, {k: items[k][row] for k in items}), (left, top + 14))
+            sheet.paste(_thumbnail(source, listing, items[row]), (left, top + 14))
             if frame_first and x == 0:
                 draw.rectangle((left - 2, top + 12, left + THUMB + 1, top + THUMB + 15), outline=(0, 170, 0), width=2)
     return sheet
@@ -81,32 +81,37 @@ def histogram(sizes: np.ndarray, path: str, title: str) -> None:
     plt.close(fig)
 
 
+def _sheet_rows(decision, rep, leaf, seed: int):
+    """(duplicate-group rows, cluster rows, cluster labels, sizes, groups, their sizes) of the sheets."""
+    kept = np.isin(decision, [DECISIONS.index("selected"), DECISIONS.index("over budget")])
+    labels, sizes = np.unique(leaf[kept], return_counts=True)
+    dup = np.flatnonzero(rep != np.arange(len(rep)))
+    reps, counts = np.unique(rep[dup], return_counts=True)
+    largest = np.argsort(-counts, kind="stable")[:ROWS]
+    group_rows = [(f"group of {1 + int(c)}", [int(r)] + [int(m) for m in dup[rep[dup] == r][:7]])
+                  for r, c in zip(reps[largest], counts[largest])]
+    order = np.argsort(-sizes, kind="stable")
+    picks = list(order[: ROWS // 2]) + [i for i in order[::-1][: ROWS // 2] if i not in order[: ROWS // 2]]
+    rng = np.random.default_rng(seed)
+    cluster_rows = [(f"cluster {labels[i]}: {sizes[i]} images",
+                     [int(m) for m in rng.permutation(np.flatnonzero(kept & (leaf == labels[i])))[:8]]) for i in picks]
+    return group_rows, cluster_rows, labels, sizes, reps, counts
+
+
 def write_report(out: str, summary: dict, kind: str, hf: dict | None, seed: int = 0) -> dict:
     folder = os.path.join(out, "report")
     os.makedirs(folder, exist_ok=True)
     with np.load(os.path.join(out, "decisions.npz")) as d:
         decision, rep, leaf = d["decision"], d["representative"], d["leaf"]
-    items = read_items(out, ("id", "path", "row", "member"))
+    group_rows, cluster_rows, labels, sizes, reps, counts = _sheet_rows(decision, rep, leaf, seed)
+    shown = {row for _, rows in group_rows + cluster_rows for row in rows}
+    items = dict(items_of(out, shown))  # only the records shown: the listing may hold 10^8
+    group_rows = [(f"{label}: kept {items[rows[0]]['path'].rsplit('/', 1)[-1][-60:]}", rows) for label, rows in group_rows]
     source, listing = ByteSource(kind, hf), Listing(os.path.join(out, JOB_DIR))
-    kept = np.isin(decision, [DECISIONS.index("selected"), DECISIONS.index("over budget")])
-    labels, sizes = np.unique(leaf[kept], return_counts=True)
-    histogram(sizes, os.path.join(folder, "cluster_sizes.png"), f"{len(labels)} clusters of the {int(kept.sum())} kept images")
-    rng = np.random.default_rng(seed)
-    dup = np.flatnonzero(rep != np.arange(len(rep)))
-    reps, counts = np.unique(rep[dup], return_counts=True)
-    shown = reps[np.argsort(-counts, kind="stable")][:ROWS]
-    group_rows = [(f"group of {1 + int((rep[dup] == r).sum())}: kept {items['path'][r].rsplit('/', 1)[-1][-60:]}",
-                   [int(r)] + [int(m) for m in dup[rep[dup] == r][:7]]) for r in shown]
-    if group_rows:
-        _save(contact_sheet(group_rows, items, source, listing, True), os.path.join(folder, "duplicates.jpg"))
-    order = np.argsort(-sizes, kind="stable")
-    picks = list(order[: ROWS // 2]) + [i for i in order[::-1][: ROWS // 2] if i not in order[: ROWS // 2]]
-    cluster_rows = []
-    for i in picks:
-        members = np.flatnonzero(kept & (leaf == labels[i]))
-        cluster_rows.append((f"cluster {labels[i]}: {sizes[i]} images", [int(m) for m in rng.permutation(members)[:8]]))
-    if cluster_rows:
-        _save(contact_sheet(cluster_rows, items, source, listing, False), os.path.join(folder, "clusters.jpg"))
+    histogram(sizes, os.path.join(folder, "cluster_sizes.png"), f"{len(labels)} clusters of the {int(sizes.sum())} kept images")
+    for name, rows, frame in (("duplicates.jpg", group_rows, True), ("clusters.jpg", cluster_rows, False)):
+        if rows:
+            _save(contact_sheet(rows, items, source, listing, frame), os.path.join(folder, name))
     report = {**summary, "cluster_sizes": {"clusters": len(labels), "min": int(sizes.min()) if len(sizes) else 0,
                                            "median": float(np.median(sizes)) if len(sizes) else 0.0,
                                            "max": int(sizes.max()) if len(sizes) else 0},

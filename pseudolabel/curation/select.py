@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import ExitStack
 
 import numpy as np
 
 from distill.config import ConfigError
-from distill.runtime import write_atomic
+from distill.runtime import atomic_path, write_atomic
 from pseudolabel.curation import groups
 from pseudolabel.curation.config import MEASURED_THRESHOLDS, CurateConfig
 from pseudolabel.curation.embed import MERGED
@@ -42,14 +43,12 @@ def threshold_of(cfg: CurateConfig, encoder: str) -> float:
     return MEASURED_THRESHOLDS[encoder]
 
 
-def read_items(out: str, fields=("id", "path", "row")) -> dict[str, list]:
-    columns: dict[str, list] = {f: [] for f in fields}
+def items_of(out: str, rows=None):
+    """(row, record) of ``items.jsonl``, streamed; only the rows in ``rows`` (a set) when given."""
     with open(os.path.join(out, "items.jsonl"), encoding="utf-8") as f:
-        for line in f:
-            record = json.loads(line)
-            for field in fields:
-                columns[field].append(record.get(field))
-    return columns
+        for row, line in enumerate(f):
+            if rows is None or row in rows:
+                yield row, json.loads(line)
 
 
 def select(cfg: CurateConfig, out: str, log=print) -> dict:
@@ -83,21 +82,32 @@ def select(cfg: CurateConfig, out: str, log=print) -> dict:
     same_pixels = np.all(facts["pixel_hash"][rep] == facts["pixel_hash"], axis=1)
     code[duplicate & same_pixels] = DECISIONS.index("exact duplicate")
     code[duplicate & ~same_pixels] = DECISIONS.index("near duplicate")
-    items = read_items(out)
     candidates = np.flatnonzero(code == 0)
-    rank = groups.id_rank([items["id"][i] for i in candidates], cfg.seed)
+    rank = groups.id_rank((r["id"] for _, r in items_of(out)), cfg.seed, n)[candidates]
     chosen = candidates[groups.balanced(leaves["home"][candidates], rank, cfg.budget)]
     code[candidates] = DECISIONS.index("over budget")
     code[chosen] = DECISIONS.index("selected")
-    return _write(cfg, out, embedded, items, code, rep, leaves, chosen, threshold)
+    return _write(cfg, out, embedded, code, rep, leaves, chosen, threshold)
 
 
-def _write(cfg, out, embedded, items, code, rep, leaves, chosen, threshold) -> dict:
+def _write_selection(out: str, chosen: np.ndarray, n: int, paths: bool) -> None:
+    """``selection_ids.txt`` (and ``selection.txt``), streamed from ``items.jsonl`` in listing order."""
+    mask = np.zeros(n, bool)
+    mask[chosen] = True
+    names = ["selection_ids.txt"] + (["selection.txt"] if paths else [])
+    with ExitStack() as stack:  # each file closed, then renamed into place
+        files = [stack.enter_context(open(stack.enter_context(atomic_path(os.path.join(out, name))), "w", encoding="utf-8"))
+                 for name in names]
+        for row, record in items_of(out):
+            if mask[row]:
+                for f, field in zip(files, ("id", "path")):
+                    f.write(record[field] + "\n")
+
+
+def _write(cfg, out, embedded, code, rep, leaves, chosen, threshold) -> dict:
     import io  # noqa: PLC0415
 
-    write_atomic(os.path.join(out, "selection_ids.txt"), "".join(items["id"][i] + "\n" for i in chosen).encode("utf-8"))
-    if embedded["input_kind"] in ("files", "list"):
-        write_atomic(os.path.join(out, "selection.txt"), "".join(items["path"][i] + "\n" for i in chosen).encode("utf-8"))
+    _write_selection(out, chosen, len(code), embedded["input_kind"] in ("files", "list"))
     buf = io.BytesIO()
     np.savez(buf, decision=code, representative=rep, leaf=leaves["home"])
     write_atomic(os.path.join(out, "decisions.npz"), buf.getvalue())
