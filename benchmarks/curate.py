@@ -429,6 +429,15 @@ def duplicate_heavy(exp, corpus: int, seed: int) -> Path:
     return path
 
 
+def _source_of(path: str) -> str:
+    """The corpus image a file of the duplicate-heavy corpus shows (a copy names its source)."""
+    p = Path(path)
+    if "-copy" in p.name:
+        folder, stem = p.name.split("-copy")[0].rsplit("-", 1)
+        return f"{folder}/{stem}"
+    return f"{p.parent.parent.name}/{p.stem}"
+
+
 def part_student(args) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from distill_gain import DistillGainConfig, Experiment, broad  # noqa: PLC0415
@@ -451,15 +460,16 @@ def part_student(args) -> dict:
     result = {"corpus": args.corpus, "budget": args.budget, "steps": args.steps, "curation": selection["counts"]}
     for name, inputs in (("uncurated", uncurated), ("curated", curated_dir / "selection.txt")):
         labels = exp.label(f"{name}-b{args.budget}", [teacher], inputs=inputs)
-        student = exp.student("L1", 0, 40, labels, exp.lr, name=f"{name}-L1")
-        scores = exp.scores(student)
-        copies = sum("-copy" in line for line in Path(inputs).read_text().splitlines())
-        result[name] = {"broad_test_abs_rel": broad(scores, "test"), "broad_val_abs_rel": broad(scores, "val"),
-                        "scores": scores, "copies_labeled": copies}
+        runs = [exp.scores(exp.student("L1", seed, 40, labels, exp.lr, name=f"{name}-L1")) for seed in range(args.seeds)]
+        listed = Path(inputs).read_text().splitlines()
+        result[name] = {"broad_test_abs_rel": [broad(r, "test") for r in runs], "broad_val_abs_rel": [broad(r, "val") for r in runs],
+                        "distinct_sources": len({_source_of(line) for line in listed}), "labeled": len(listed)}
     result["teacher"] = {"broad_test_abs_rel": broad(exp.scores(teacher), "test")}
     for name in ("uncurated", "curated"):
-        print(f"{name:10s}: {result[name]['copies_labeled']} of {args.budget} labeled images are copies; student broad "
-              f"test AbsRel {result[name]['broad_test_abs_rel']:.4f} (val {result[name]['broad_val_abs_rel']:.4f})")
+        r = result[name]
+        print(f"{name:10s}: {r['distinct_sources']} distinct pictures among {r['labeled']} labeled; student broad test AbsRel "
+              f"{np.mean(r['broad_test_abs_rel']):.4f} +- {np.std(r['broad_test_abs_rel']):.4f} over {args.seeds} student seeds "
+              f"({', '.join(f'{v:.4f}' for v in r['broad_test_abs_rel'])})")
     print(f"teacher: {result['teacher']['broad_test_abs_rel']:.4f}")
     return result
 
@@ -477,6 +487,7 @@ def main() -> None:
     parser.add_argument("--corpus", type=int, default=1600, help="images of the duplicate-heavy corpus (student)")
     parser.add_argument("--budget", type=int, default=600, help="labeled images of each student (student)")
     parser.add_argument("--steps", type=int, default=600, help="teacher and student steps (student)")
+    parser.add_argument("--seeds", type=int, default=3, help="student seeds of each arm (student)")
     args = parser.parse_args()
     result = {"corpus": part_corpus, "scale": part_scale, "resume": part_resume, "student": part_student}[args.part](args)
     result["date"] = time.strftime("%Y-%m-%d %H:%M")
