@@ -112,7 +112,8 @@ def test_original_weight_files_label_with_a_preset(tmp_path, corpus):
 
 def test_input_size_sets_the_processors_size(corpus, tmp_path):
     """``--input-size`` under the processor rule: the teacher's own processor at that size (aspect as it
-    keeps it), labels equal to the model run through that processor; refused where there is no size to set."""
+    keeps it), labels equal to the model run through that processor; a processor without a target size
+    (GLPN's) keeps its own rule."""
     from transformers import AutoImageProcessor
 
     from distill.inference import processor_at_size
@@ -134,10 +135,12 @@ def test_input_size_sets_the_processors_size(corpus, tmp_path):
             depth = processor.post_process_depth_estimation(model(**inputs), target_sizes=[inputs["pixel_values"].shape[-2:]])
         expected = cv2.resize(depth[0]["predicted_depth"].numpy().astype(np.float32), image.size, interpolation=cv2.INTER_LINEAR)
         assert np.linalg.norm(s.target - expected) / np.linalg.norm(expected) <= 1e-3
-    glpn = save_tiny("glpn", tmp_path / "glpn")
-    with pytest.raises(JobError, match="has no target size to set"):
-        run(load_config(PseudolabelConfig, None, [f"teacher={glpn}", f"input={corpus}", f"output={tmp_path / 'g'}",
-                                                  "input_size=112", "num_workers=0", "progress=false"]))
+    glpn = save_tiny("glpn", tmp_path / "glpn")  # no target size: its own rule (a global size for several teachers)
+    run(load_config(PseudolabelConfig, None, [f"teacher={glpn}", f"input={corpus}", f"output={tmp_path / 'g'}",
+                                              "input_size=112", "num_workers=0", "progress=false"]))
+    s = ShardReader(tmp_path / "g")[0]
+    own = AutoImageProcessor.from_pretrained(glpn)(images=Image.open(s.meta["path"]).convert("RGB"), return_tensors="pt")
+    assert list(own["pixel_values"].shape[-2:]) == s.meta["inference_size"] and s.meta["input_rule"]["size_divisor"] == 32
 
 
 class _Recorder(torch.nn.Module):
