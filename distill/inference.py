@@ -33,8 +33,9 @@ RULES = ("processor", "depth_anything")
 
 def target_size(processor) -> dict | None:
     """A transformers image processor's target size (``height``/``width`` or ``shortest_edge``), or None
-    where it has none (GLPN's: each image at its own size, sides floored to multiples of 32; CHMv2's)."""
-    d = processor.to_dict()
+    where it has none (GLPN's: each image at its own size, sides floored to multiples of 32; CHMv2's).
+    Also of a processor's dict (a rule's record, ``InputRule.to_dict``)."""
+    d = processor if isinstance(processor, dict) else processor.to_dict()
     size = d.get("size") if d.get("do_resize", False) else None
     ok = isinstance(size, dict) and ({"height", "width"} <= set(size) or "shortest_edge" in size)
     return size if ok else None

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import ConfigError, parse_cli, run_main
+from distill.inference import target_size
 from distill.metrics import BENCHMARKS, METRIC_NAMES
 from distill.models import quiet_transformers, resolve_model, save_model
 from distill.preprocessing import INPUT_SIZE
@@ -154,8 +155,8 @@ def evaluation_rows(evals: list[dict]) -> dict:
 
 def input_size_of(rule: dict) -> str:
     """The target size an evaluation's image processor had, from its record (``InputRule.to_dict``)."""
-    size = rule.get("size") if rule.get("do_resize") else None
-    if not isinstance(size, dict) or not ({"height", "width"} <= set(size) or "shortest_edge" in size):
+    size = target_size(rule)
+    if size is None:
         return "the image's own size"
     if "shortest_edge" in size:
         return f"shortest edge {size['shortest_edge']}"
