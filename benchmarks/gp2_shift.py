@@ -23,8 +23,8 @@ from distill.data.synthetic import SyntheticReader
 from distill.engine import train
 from distill.evaluation import evaluate_samples, mean_metrics
 from teacher.train import objective_for
-from distill.models import load_depth_model
-from distill.registry import input_rule
+from distill.inference import InputRule
+from distill.models import resolve_model
 from distill.spaces import DEPTH_UP_TO_SCALE
 from teacher.config import TeacherConfig
 
@@ -44,15 +44,15 @@ class ConstantDepth(torch.nn.Module):
         self.unused = torch.nn.Parameter(torch.zeros(1))
 
     def forward(self, pixel_values):
+        from transformers.modeling_outputs import DepthEstimatorOutput
+
         b, _, h, w = pixel_values.shape
-        return type("Out", (), {"predicted_depth": torch.ones(b, h, w)})()
+        return DepthEstimatorOutput(predicted_depth=torch.ones(b, h, w))
 
 
-def score(model, samples, protocol: str, size: int) -> dict:
-    """Mean metrics through the project's one evaluation loop (no benchmark crop or cap), the model's
-    input rule from its family (the registry)."""
-    return mean_metrics(evaluate_samples(model, samples, DEPTH_UP_TO_SCALE, input_rule(model.config), protocol=protocol,
-                                         size=size))
+def score(model, samples, protocol: str, rule: InputRule) -> dict:
+    """Mean metrics through the project's one evaluation loop (no benchmark crop or cap) and the model's input rule."""
+    return mean_metrics(evaluate_samples(model, samples, DEPTH_UP_TO_SCALE, rule, protocol=protocol))
 
 
 def main():
@@ -75,11 +75,12 @@ def main():
         )
         start = time.perf_counter()
         final = train(cfg, objective_for(cfg), DEPTH_UP_TO_SCALE)
-        model = load_depth_model(final).eval()
-        rows[name] = {p: score(model, samples, p, cfg.data.crop_size) for p in ("scale-log", "affine-disparity")}
+        resolved = resolve_model(final)
+        rule = InputRule.of_model(resolved.processor, resolved.preprocessing)  # final/'s processor: the training crop
+        rows[name] = {p: score(resolved.model.eval(), samples, p, rule) for p in ("scale-log", "affine-disparity")}
         rows[name]["train_s"] = time.perf_counter() - start
     constant = ConstantDepth()
-    rows["constant depth"] = {p: score(constant, samples, p, 112) for p in ("scale-log", "affine-disparity")}
+    rows["constant depth"] = {p: score(constant, samples, p, rule) for p in ("scale-log", "affine-disparity")}
 
     print(f"\nheld-out metric synthetic scenes: {len(samples)}, training steps: {args.steps}, mixture UTS 1 : UTSS 4")
     print(f"{'model':18s} {'scale-log AbsRel':>17s} {'scale-log d1':>13s} {'affine-disp AbsRel':>19s} {'affine-disp d1':>15s}")

@@ -44,12 +44,14 @@ class MetricFinetuneConfig:
 def predictions(resolved, reader) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(prediction in the model's space, ground-truth depth, valid) for every scene, [N, H, W]."""
     from distill.evaluation import predict_images
+    from distill.inference import InputRule
 
     preds, gts, valids = [], [], []
     resolved.model.eval()
+    rule = InputRule.of_model(resolved.processor, resolved.preprocessing, INPUT_SIZE)
     for i in range(len(reader)):
         s = reader[i]
-        preds.append(predict_images(resolved.model, [s.image], INPUT_SIZE, resolved.preprocessing, "cpu")[0])
+        preds.append(predict_images(resolved.model, [s.image], rule, "cpu")[0])
         gts.append(torch.from_numpy(np.asarray(s.target, np.float32)))
         valids.append(torch.from_numpy(s.valid) & (gts[-1] > 0))
     return torch.stack(preds), torch.stack(gts), torch.stack(valids)

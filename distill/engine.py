@@ -32,16 +32,19 @@ from tqdm.auto import tqdm
 from distill.config import ConfigError, save_config, to_dict
 from distill.data.loading import DataConfig, build_train_loader, build_val_sets
 from distill.evaluation import evaluate_samples, read_samples
+from distill.inference import InputRule
 from distill.metrics import METRIC_NAMES
 from distill.models import (
     build_model,
     freeze_unused_parameters,
+    image_processor,
+    load_image_processor,
     load_preprocessing,
     resolve_model,
     resolve_reference,
     save_model,
 )
-from distill.preprocessing import INPUT_SIZE, Preprocessing
+from distill.preprocessing import Preprocessing
 from distill.registry import input_rule, model_config
 from distill.runtime import StopSignals, unwrap_model
 from distill.spaces import OutputSpace
@@ -129,6 +132,14 @@ def model_preprocessing(cfg: ModelConfig, input_size: int | None = None) -> Prep
     if cfg.init_from:
         return load_preprocessing(resolve_reference(cfg.init_from))
     return input_rule(model_config(cfg.preset, input_size=input_size))
+
+
+def model_input_rule(cfg: ModelConfig, preprocessing: Preprocessing, size: int) -> InputRule:
+    """How the model ``make_model`` builds sees an image in validation, its processor the one ``final/``
+    carries: a whole model's own image processor, else its family's (``image_processor``), at the
+    training crop size where the model can take one (``InputRule.of_model``)."""
+    own = load_image_processor(resolve_reference(cfg.init_from)) if cfg.init_from else None
+    return InputRule.of_model(image_processor(size, preprocessing) if own is None else own, preprocessing, size)
 
 
 # Parameter names (fnmatch patterns) without weight decay, besides all 1-d ones (norms, biases).
@@ -308,19 +319,19 @@ def to_device(batch: dict, device) -> dict:
 
 
 @torch.no_grad()
-def validate(model, val_sets: list, output_space: OutputSpace, accelerator: Accelerator,
-             preprocessing: Preprocessing, size: int = INPUT_SIZE, num_workers: int = 0) -> dict:
+def validate(model, val_sets: list, output_space: OutputSpace, accelerator: Accelerator, rule: InputRule,
+             num_workers: int = 0) -> dict:
     """Metrics on the validation sets through ``distill.evaluation.evaluate_samples`` (the one
-    evaluation loop, so ``val/abs_rel`` on NYU is what ``distill/evaluate.py --benchmark nyu``
-    prints): the protocol of the model's output space, each set's benchmark crop and depth range,
-    per image, averaged over all images of all ranks. Only samples whose targets are depth up to
-    scale or better are scored."""
+    evaluation loop and the model's one input rule, so ``val/abs_rel`` on NYU is what
+    ``distill/evaluate.py --benchmark nyu`` prints for ``final/``): the protocol of the model's output
+    space, each set's benchmark crop and depth range, per image, averaged over all images of all
+    ranks. Only samples whose targets are depth up to scale or better are scored."""
     was_training = model.training  # the EMA copy stays in eval mode
     model.eval()
     sums = torch.zeros(len(METRIC_NAMES) + 1, device=accelerator.device, dtype=torch.float64)
     for val in val_sets:
         samples = (s for s in read_samples(val.reader, val.indices, num_workers) if s.complete)
-        rows = evaluate_samples(model, samples, output_space, preprocessing, val.benchmark, size=size,
+        rows = evaluate_samples(model, samples, output_space, rule, val.benchmark,
                                 device=accelerator.device, autocast=accelerator.autocast, depth_range=val.depth_range)
         for row in rows:
             if not row["skipped"]:
@@ -348,7 +359,7 @@ class Run:
     sampler: object
     val_sets: list
     micro_batch: int
-    preprocessing: Preprocessing
+    rule: InputRule  # the model's input rule: validation, and the image processor saved in final/
     step: int = 0
     ema: ModelEmaV3 | None = None
 
@@ -415,7 +426,8 @@ def setup(cfg: TrainConfig, output_space: OutputSpace, model=None, train_transfo
         module.to(accelerator.device).eval().requires_grad_(False)
     loader, sampler = build_train_loader(cfg.data, micro_batch, cfg.seed, rank, world, train_transforms)
     val_sets = build_val_sets(cfg.data, rank, world)
-    return Run(accelerator, model, optimizer, scheduler, loader, sampler, val_sets, micro_batch, preprocessing, ema=ema)
+    rule = model_input_rule(cfg.model, preprocessing, cfg.data.crop_size)
+    return Run(accelerator, model, optimizer, scheduler, loader, sampler, val_sets, micro_batch, rule, ema=ema)
 
 
 def resume(run: Run, cfg: TrainConfig) -> int:
@@ -531,8 +543,8 @@ def train_loop(run: Run, cfg: TrainConfig, objective: Callable, output_space: Ou
         if run.val_sets and ((cfg.eval_every and run.step % cfg.eval_every == 0) or is_last):
             record = record or {"step": run.step, "loss": loss.detach().float().item()}
             weights = run.model if run.ema is None else run.ema.module
-            record.update(validate(weights, run.val_sets, output_space, accelerator, run.preprocessing,
-                                   cfg.data.crop_size, min(cfg.data.num_workers, 2)))
+            record.update(validate(weights, run.val_sets, output_space, accelerator, run.rule,
+                                   min(cfg.data.num_workers, 2)))
             if run.ema is not None:
                 record["val/weights"] = "ema"
         if record and accelerator.is_main_process:
@@ -560,7 +572,7 @@ def save_final_model(run: Run, cfg: TrainConfig, output_space: OutputSpace) -> s
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith(TRAINING_HEADS)}
     if accelerator.is_main_process:
         save_model(bare_model(accelerator, run.model), final_dir, output_space, state_dict=state_dict,
-                   preprocessing=run.preprocessing, size=cfg.data.crop_size)  # its processor: the training scale
+                   processor=run.rule.processor)  # validation's processor, at the training scale
         save_config(cfg, os.path.join(final_dir, "training_config.yaml"))
     return final_dir
 
@@ -572,7 +584,8 @@ def train(cfg: TrainConfig, objective: Callable, output_space: OutputSpace, mode
 
     ``objective(model, batch) -> (loss, logs)``; ``extra_modules``: frozen modules the objective
     uses (e.g. the student's frozen DINOv2), moved to the device but not trained or saved;
-    ``preprocessing``: the model's input rule (validation and the exported image processor).
+    ``preprocessing``: the model's input normalisation (default: ``model_preprocessing``), from which its
+    input rule is made (``model_input_rule``: validation and the image processor saved in ``final/``).
     """
     run = setup(cfg, output_space, model, train_transforms, extra_modules, preprocessing)
     run.step = resume(run, cfg)

@@ -1,13 +1,15 @@
 """Evaluate a depth model on a benchmark: a metrics table, JSON + CSV, pictures, point clouds.
 
     python distill/evaluate.py --model M --benchmark B --data-root R [--protocol P] [--output FILE]
-        [--save-visuals DIR] [--max-images N] [--input-size 518] [--batch-size 1] [--device cuda]
+        [--save-visuals DIR] [--max-images N] [--input-size N] [--batch-size 1] [--device cuda]
         [--num-workers 0] [--output-space SPACE:GEOMETRY] [--max-depth D] [--config FILE] [key=value ...]
 
 M: anything ``distill.models.resolve_model`` accepts. B: a name of ``distill.metrics.BENCHMARKS``.
 P: ``affine-disparity``, ``scale-log`` or ``metric``; by default the model's output space decides
-(``distill.spaces.default_protocol``). Benchmarks, protocols, crops, ranges, DA-2K's format and the
-outputs are described in docs/evaluation.md. Bad input: one line on stderr, exit code 2.
+(``distill.spaces.default_protocol``). Each image goes through the model's own image processor
+(``distill.inference.InputRule.of_model``, at ``--input-size`` where given). Benchmarks, protocols,
+crops, ranges, DA-2K's format and the outputs are described in docs/evaluation.md. Bad input: one
+line on stderr, exit code 2.
 """
 from __future__ import annotations
 
@@ -25,8 +27,8 @@ from distill.config import parse_cli, run_main
 from distill.data.readers import build_reader
 from distill.data.sample import SampleError
 from distill.evaluation import EvalError, evaluate_da2k, evaluate_depth, load_da2k
+from distill.inference import InputRule
 from distill.metrics import BENCHMARKS, METRIC_NAMES
-from distill.preprocessing import INPUT_SIZE
 from distill.runtime import first_line
 from distill.spaces import PROTOCOLS, OutputSpace, check_protocol, default_protocol
 
@@ -93,7 +95,7 @@ class EvaluateConfig:
     save_visuals: str | None = None  # write per-image PNG strips and PLY point clouds here
     max_images: int | None = None  # score only the first N images; default: all
     max_depth: float | None = None  # a cap for benchmarks without a published range (folder): predictions clamped to it, ground truth beyond it not scored
-    input_size: int = INPUT_SIZE  # inference shorter side
+    input_size: int | None = None  # the image processor's target size; default: the one saved with the model
     batch_size: int = 1  # images per forward pass (same-size images only)
     device: str | None = None  # default: cuda if available, else cpu
     num_workers: int = 0  # DataLoader workers reading the benchmark
@@ -126,7 +128,7 @@ def run(args: EvaluateConfig) -> dict:
     if args.max_depth is not None and (args.max_depth <= 0 or args.benchmark in published):
         raise EvalError(f"--max-depth {args.max_depth}: a positive cap, for benchmarks without a published depth range "
                         f"(not {', '.join(published)})")
-    if args.batch_size < 1 or args.input_size < 14:
+    if args.batch_size < 1 or (args.input_size is not None and args.input_size < 14):
         raise EvalError("--batch-size must be >= 1 and --input-size >= 14")
     if args.protocol is not None and args.protocol not in PROTOCOLS:
         raise EvalError(f"unknown protocol {args.protocol!r}; valid: {', '.join(PROTOCOLS)}")
@@ -148,8 +150,8 @@ def run(args: EvaluateConfig) -> dict:
         except ValueError as err:
             raise EvalError(str(err)) from None
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    common = dict(size=args.input_size, batch_size=args.batch_size, max_images=args.max_images,
-                  visuals_dir=args.save_visuals, device=device, preprocessing=resolved.preprocessing)
+    common = dict(batch_size=args.batch_size, max_images=args.max_images, visuals_dir=args.save_visuals, device=device,
+                  rule=InputRule.of_model(resolved.processor, resolved.preprocessing, args.input_size))
     if reader is None:
         result = evaluate_da2k(model, args.data_root, space, **common)
     else:

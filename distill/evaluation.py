@@ -1,6 +1,9 @@
 """The one evaluation loop: ``evaluate_samples`` scores any iterable of samples with a benchmark's
 protocol, crop and depth range (``distill.metrics.BENCHMARKS``); training validation
 (``distill.engine``), the evaluate command (``distill/evaluate.py``) and the benchmarks all call it.
+Each image is prepared by the model's one input rule (``distill.inference.InputRule``: its own image
+processor, as labeling and ``pipeline("depth-estimation")`` prepare it) and the post-processed
+prediction resized back to the ground truth's size (bilinear).
 ``evaluate_depth`` runs it over a benchmark reader, ``evaluate_da2k`` scores DA-2K's point pairs.
 What the protocols, crops and ranges are: docs/evaluation.md.
 """
@@ -21,6 +24,7 @@ import torch.nn.functional as TF
 
 from distill.config import ConfigError
 from distill.data import formats as F
+from distill.inference import InputRule
 from distill.metrics import (
     BENCHMARKS,
     METRIC_NAMES,
@@ -29,20 +33,12 @@ from distill.metrics import (
     per_image_metrics,
     protocol_depth,
 )
-from distill.preprocessing import INPUT_SIZE, Preprocessing
 from distill.spaces import OutputSpace, default_protocol, to_depth
 from distill.visualisation import save_depth_visuals, save_pair_visuals
-
-RESIZE_RULE = "distill.preprocessing: aspect kept, shorter side >= input_size, multiples of the size multiple, OpenCV bicubic"
 
 
 class EvalError(ConfigError):
     """Bad input: reported as one line on stderr, exit code 2."""
-
-
-def preprocessing_record(preprocessing: Preprocessing) -> dict:
-    """What the results JSON says about the model input."""
-    return {"resize": RESIZE_RULE, **preprocessing.to_dict()}
 
 
 # ------------------------------------------------------------------------------------ protocol
@@ -60,21 +56,14 @@ def evaluation_mask(benchmark: str | None, gt_depth: torch.Tensor, valid: torch.
 
 
 # ---------------------------------------------------------------------------------------- loop
-def predict(model, images: torch.Tensor, size_hw: tuple[int, int], preprocessing: Preprocessing) -> torch.Tensor:
-    """uint8 [B, 3, h, w] (already at inference resolution) -> prediction [B, H, W] resized (bilinear)
-    to ``size_hw``, in the model's output space."""
-    pred = model(pixel_values=preprocessing.normalize(images)).predicted_depth
-    return TF.interpolate(pred[:, None].float(), size=tuple(size_hw), mode="bilinear", align_corners=False)[:, 0]
-
-
 @torch.no_grad()
-def predict_images(model, images: list, size: int, preprocessing: Preprocessing, device, autocast=contextlib.nullcontext) -> torch.Tensor:
-    """uint8 [H, W, 3] images of one size -> predictions [B, H, W] (CPU, float32) at that size."""
-    x = np.stack([preprocessing.resize(im, size) for im in images])
-    x = torch.from_numpy(x).permute(0, 3, 1, 2).to(device)
-    with autocast():
-        pred = predict(model, x, images[0].shape[:2], preprocessing)
-    return pred.float().cpu()
+def predict_images(model, images: list, rule: InputRule, device, autocast=contextlib.nullcontext) -> torch.Tensor:
+    """uint8 [H, W, 3] images of one size -> predictions [B, H, W] (CPU, float32) at that size, in the
+    model's output space: each image prepared by ``rule``, the post-processed output resized back (bilinear)."""
+    hw = tuple(images[0].shape[:2])
+    x = torch.from_numpy(np.stack([rule.prepare(im) for im in images])).to(device)
+    pred = torch.stack(rule.run(model, rule.model_input(x), [hw] * len(images), autocast))
+    return TF.interpolate(pred[:, None], size=hw, mode="bilinear", align_corners=False)[:, 0].cpu()
 
 
 def _batches(items, load, batch_size: int):
@@ -105,21 +94,22 @@ def read_samples(reader, indices, num_workers: int = 0):
 
 
 @torch.no_grad()
-def evaluate_samples(model, samples, output_space: OutputSpace, preprocessing: Preprocessing,
-                     benchmark: str | None = None, protocol: str | None = None, size: int = INPUT_SIZE,
-                     batch_size: int = 1, device="cpu", autocast=contextlib.nullcontext, on_image=None,
+def evaluate_samples(model, samples, output_space: OutputSpace, rule: InputRule,
+                     benchmark: str | None = None, protocol: str | None = None, batch_size: int = 1,
+                     device="cpu", autocast=contextlib.nullcontext, on_image=None,
                      depth_range: tuple[float, float] | None = None) -> list[dict]:
     """Per-image rows (``index``, ``key``, ``valid_pixels``, ``skipped``, the metrics) of ``samples``
-    (``Sample`` objects whose targets are depth up to scale or better), scored with ``protocol``
-    (default: the model's) inside ``benchmark``'s crop and depth range, predictions clamped only to
-    its fixed range (or ``depth_range``, given for a benchmark without a published one: ground truth
-    outside it is not scored). ``on_image(sample, depth, gt, valid, mask)`` sees each aligned prediction."""
+    (``Sample`` objects whose targets are depth up to scale or better), fed to the model by ``rule``
+    (``InputRule.of_model``), scored with ``protocol`` (default: the model's) inside ``benchmark``'s
+    crop and depth range, predictions clamped only to its fixed range (or ``depth_range``, given for a
+    benchmark without a published one: ground truth outside it is not scored).
+    ``on_image(sample, depth, gt, valid, mask)`` sees each aligned prediction."""
     protocol = protocol or default_protocol(output_space)
     fixed_range, depth_range = depth_range, depth_range or evaluation_range(benchmark)
     rows = []
     for group in _batches(enumerate(samples), lambda item: (item[0], item[1].image, item[1]), batch_size):
         batch = [s for _, _, s in group]
-        pred = predict_images(model, [s.image for s in batch], size, preprocessing, device, autocast)
+        pred = predict_images(model, [s.image for s in batch], rule, device, autocast)
         gt = torch.from_numpy(np.stack([np.asarray(to_depth(s.target, s.space), dtype=np.float32) for s in batch]))
         valid = torch.from_numpy(np.stack([s.valid for s in batch])) & torch.isfinite(gt) & (gt > 0)
         mask = evaluation_mask(benchmark, gt, valid)
@@ -156,9 +146,8 @@ def _counted(samples, bar):
 
 
 def evaluate_depth(model, reader, benchmark: str, output_space: OutputSpace, protocol: str | None = None,
-                   size: int = INPUT_SIZE, batch_size: int = 1, max_images: int | None = None,
-                   visuals_dir=None, device="cpu", *, preprocessing: Preprocessing, num_workers: int = 0,
-                   depth_range: tuple[float, float] | None = None) -> dict:
+                   batch_size: int = 1, max_images: int | None = None, visuals_dir=None, device="cpu", *,
+                   rule: InputRule, num_workers: int = 0, depth_range: tuple[float, float] | None = None) -> dict:
     """A benchmark's summary (mean metrics, counts, settings) with the per-image rows under ``images``."""
     protocol = protocol or default_protocol(output_space)
     n = len(reader) if max_images is None else min(len(reader), max_images)
@@ -167,7 +156,7 @@ def evaluate_depth(model, reader, benchmark: str, output_space: OutputSpace, pro
     on_image = None if visuals_dir is None else functools.partial(save_depth_visuals, visuals_dir)
     bar = _progress(n, benchmark)
     rows = evaluate_samples(model, _counted(read_samples(reader, range(n), num_workers), bar), output_space,
-                            preprocessing, benchmark, protocol, size, batch_size, device, on_image=on_image,
+                            rule, benchmark, protocol, batch_size, device, on_image=on_image,
                             depth_range=depth_range)
     bar.close()
     scored = sum(not r["skipped"] for r in rows)
@@ -182,8 +171,7 @@ def evaluate_depth(model, reader, benchmark: str, output_space: OutputSpace, pro
         "output_space": output_space.to_dict(),
         "crop": crop,
         "depth_range": None if rng is None else [rng[0], rng[1] if math.isfinite(rng[1]) else None],
-        "input_size": size,
-        "preprocessing": preprocessing_record(preprocessing),
+        "input_rule": rule.to_dict(),
         "seconds": round(time.perf_counter() - start, 3),
         "images": rows,
     }
@@ -231,9 +219,8 @@ def pair_correct(pred: np.ndarray, pair: dict, output_space: OutputSpace, where:
     return bool(a > b) if output_space.space == "disparity" else bool(a < b)
 
 
-def evaluate_da2k(model, root, output_space: OutputSpace, size: int = INPUT_SIZE, batch_size: int = 1,
-                  max_images: int | None = None, visuals_dir=None, device="cpu",
-                  *, preprocessing: Preprocessing) -> dict:
+def evaluate_da2k(model, root, output_space: OutputSpace, batch_size: int = 1,
+                  max_images: int | None = None, visuals_dir=None, device="cpu", *, rule: InputRule) -> dict:
     """DA-2K pair accuracy (over all pairs; per scene type too) with per-image rows."""
     base, annotations = load_da2k(root)
     names = sorted(annotations)[:max_images] if max_images is not None else sorted(annotations)
@@ -246,7 +233,7 @@ def evaluate_da2k(model, root, output_space: OutputSpace, size: int = INPUT_SIZE
     rows, start = [], time.perf_counter()
     bar = _progress(len(names), "da2k")
     for group in _batches(names, load, batch_size):
-        pred = predict_images(model, [im for _, im, _ in group], size, preprocessing, device).numpy()
+        pred = predict_images(model, [im for _, im, _ in group], rule, device).numpy()
         for j, (name, image, pairs) in enumerate(group):
             right = [pair_correct(pred[j], p, output_space, name) for p in pairs]
             parts = Path(name).parts
@@ -270,8 +257,7 @@ def evaluate_da2k(model, root, output_space: OutputSpace, size: int = INPUT_SIZE
         "num_correct": correct,
         "per_scene": {k: {"pair_accuracy": c / t if t else None, "num_pairs": t} for k, (c, t) in sorted(scenes.items())},
         "output_space": output_space.to_dict(),
-        "input_size": size,
-        "preprocessing": preprocessing_record(preprocessing),
+        "input_rule": rule.to_dict(),
         "seconds": round(time.perf_counter() - start, 3),
         "images": rows,
     }

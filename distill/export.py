@@ -16,9 +16,11 @@ output space. Exported with ``torch.onnx.export(dynamo=True)``; Depth Anything m
 which would freeze the exported output size.
 
 The parity check feeds real photos (``--check-images``; default ``../shared/data/photos`` when
-present, else scikit-image's bundled photos) at every ``--check-sizes`` (shorter side, resized by the
-one rule of ``distill.preprocessing``) to both models and requires relative L2 of at most 1e-4 (fp32)
-or 1e-2 (fp16); a failed check removes the ONNX file and exits 1.
+present, else scikit-image's bundled photos), prepared by the model's own image processor at every
+``--check-sizes`` (its target size, ``distill.inference.InputRule.of_model``: what evaluation and
+labeling feed the model), to both models and requires relative L2 of at most 1e-4 (fp32) or 1e-2
+(fp16); a failed check removes the ONNX file and exits 1. The folder's ``preprocessor_config.json``
+is the model's own image processor.
 
 Bad input (a reference that is not a depth model, a size that is not positive, an output that is a
 file): one line on stderr, exit code 2.
@@ -39,8 +41,8 @@ import torch
 import torch.nn.functional as F
 
 from distill.config import ConfigError, parse_cli, run_main
-from distill.models import image_processor, quiet_transformers, resolve_model
-from distill.preprocessing import Preprocessing
+from distill.inference import InputRule
+from distill.models import quiet_transformers, resolve_model
 from distill.runtime import atomic_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -147,18 +149,18 @@ def check_images(paths: list[str]) -> list[tuple[str, np.ndarray]]:
     return images
 
 
-def parity(onnx_path, model, preprocessing: Preprocessing, images, sizes: list[int], precision: str) -> list[dict]:
+def parity(onnx_path, resolved, images, sizes: list[int], precision: str) -> list[dict]:
     """Relative L2 between the ONNX model's depth (onnxruntime, CPU) and the PyTorch model's (fp32)
-    for every image at every size."""
+    for every image at every size, both fed what the model's image processor prepares at that size."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     dtype = np.float16 if precision == "fp16" else np.float32
-    rows = []
+    model, rows = resolved.model, []
+    rules = [InputRule.of_model(resolved.processor, resolved.preprocessing, size) for size in sizes]
     for name, image in images:
-        for size in sizes:
-            x = torch.from_numpy(preprocessing.resize(image, size)).permute(2, 0, 1)[None]
-            pixels = preprocessing.normalize(x)
+        for rule in rules:
+            pixels = rule.model_input(torch.from_numpy(rule.prepare(image))[None])
             with torch.no_grad():
                 expect = model(pixel_values=pixels).predicted_depth.float().numpy()
             got = session.run(None, {"pixel_values": pixels.numpy().astype(dtype)})[0].astype(np.float32)
@@ -173,28 +175,32 @@ def parity(onnx_path, model, preprocessing: Preprocessing, images, sizes: list[i
 def write_readme(out: Path, reference: str, info: dict) -> None:
     p = info["preprocessing"]
     if p.get("fixed_size"):
-        size = f"""H = W = {p['fixed_size']} only (a DPT-hybrid: the graph is static in its spatial size). From a
-uint8 RGB image: resize (bicubic) to {p['fixed_size']}x{p['fixed_size']}, not keeping the aspect ratio;"""
+        size = (f"H = W = {p['fixed_size']} only (a DPT-hybrid: the graph is static in its spatial size; its processor "
+                f"resizes every image to {p['fixed_size']}x{p['fixed_size']}, not keeping the aspect ratio)")
     else:
-        size = f"""H and W any multiples
-of {p['multiple']}. From a uint8 RGB image: resize (bicubic) so that the shorter side is at least the
-inference size (e.g. 518) and both sides are multiples of {p['multiple']}, keeping the aspect ratio;"""
+        size = f"H and W any multiples of {p['multiple']}"
     text = f"""# ONNX export of `{reference}`
 
 `{info['file']}`: opset {info['opset']}, {info['precision']}, exported by `distill/export.py` on {info['date']}.
 
 ## Input
-`pixel_values`: float{16 if info['precision'] == 'fp16' else 32} [batch, 3, H, W], RGB, {size}
-then `x * {p['rescale_factor']:.6g}`, minus mean {p['mean']}, divided by std {p['std']} per channel.
+`pixel_values`: float{16 if info['precision'] == 'fp16' else 32} [batch, 3, H, W], RGB, {size}: what the image
+processor in this folder (`preprocessor_config.json`, the model's own) prepares from an image, as
+`pipeline("depth-estimation")` does: resized as it says, then `x * {p['rescale_factor']:.6g}`, minus mean
+{p['mean']}, divided by std {p['std']} per channel.
 
 ## Output
 `predicted_depth`: [batch, H, W], the model's output space: `{info['output_space']}`
 (`depth` = depth, `disparity` = inverse depth; geometry `metric` = metres, `uts` = up to one unknown
-scale, `utss` = up to scale and shift). Resize it back to the image's size (bilinear).
+scale, `utss` = up to scale and shift). Resize it back to the image's size (bilinear; a processor that
+pads, ZoeDepth's, removes its padding in `post_process_depth_estimation`).
 
 ## Running it
 ```python
 import numpy as np, onnxruntime as ort
+from PIL import Image
+from transformers import AutoImageProcessor
+pixel_values = AutoImageProcessor.from_pretrained(".")(images=Image.open("photo.jpg"), return_tensors="np")["pixel_values"]
 session = ort.InferenceSession("{info['file']}", providers=["CPUExecutionProvider"])
 depth = session.run(None, {{"pixel_values": pixel_values.astype(np.float{16 if info['precision'] == 'fp16' else 32})}})[0]
 ```
@@ -212,7 +218,7 @@ class ExportConfig:
     precision: Literal["fp32", "fp16"] = "fp32"  # ONNX weights and input dtype (fp16: model_fp16.onnx)
     opset: int = 18  # ONNX opset version, at least 17
     check_images: list[str] = field(default_factory=list)  # photos for the parity check (files or folders)
-    check_sizes: list[int] = field(default_factory=lambda: [112, 224])  # shorter sides checked
+    check_sizes: list[int] = field(default_factory=lambda: [112, 224])  # the image processor's target sizes checked
 
 
 PROG = "export.py"
@@ -238,7 +244,7 @@ def run(args: ExportConfig) -> dict:
     start = time.perf_counter()
     export_onnx(model, out / name, multiple, args.precision, args.opset, resolved.preprocessing.fixed_size)
     seconds = time.perf_counter() - start
-    rows = parity(out / name, model, resolved.preprocessing, images, args.check_sizes, args.precision)
+    rows = parity(out / name, resolved, images, args.check_sizes, args.precision)
     worst = max(r["relative_l2"] for r in rows)
     info = {"file": name, "reference": resolved.reference, "precision": args.precision, "opset": args.opset,
             "output_space": f"{resolved.output_space.space}:{resolved.output_space.geometry}",
@@ -246,7 +252,7 @@ def run(args: ExportConfig) -> dict:
             "parity": rows, "max_relative_l2": worst, "export_seconds": round(seconds, 1),
             "date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "settings": asdict(args)}
     model.config.to_json_file(out / "config.json")
-    image_processor(preprocessing=resolved.preprocessing).save_pretrained(out)
+    resolved.processor.save_pretrained(out)
     (out / "export.json").write_text(json.dumps(info, indent=1))
     write_readme(out, args.model, info)
     if worst > TOLERANCE[args.precision]:

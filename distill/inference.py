@@ -1,21 +1,24 @@
 """How a depth model sees an image and what its output means: the model's own image processor in,
 its own ``post_process_depth_estimation`` out (docs/RECIPE.md#input-preprocessing).
 
-``InputRule`` is what the labeling job (and anything else that runs a teacher on images) uses:
+``InputRule`` is the one path by which validation, evaluation, labeling and the ONNX export's parity
+check prepare an image:
 
-- ``processor`` (default): the model's ``AutoImageProcessor`` resizes, pads and normalises each
-  image exactly as ``pipeline("depth-estimation")`` would, and its post-processing turns the raw
-  output into the model's depth (ZoeDepth: padding removed, at the image's size; Depth Pro: field
-  of view applied; the others: at the model input's size). A model without an image processor (an
-  original ``.pth`` checkpoint) gets the processor the Depth Anything V2 checkpoints ship with.
+- ``processor`` (``InputRule.of_model``): the model's ``AutoImageProcessor`` (the one saved with it)
+  resizes, pads and normalises each image exactly as ``pipeline("depth-estimation")`` would, at a
+  target size where one is given and the model can take it; its post-processing turns the raw output
+  into the model's depth (ZoeDepth: padding removed, at the image's size; Depth Pro: field of view
+  applied; the others: at the model input's size). A model without an image processor (an original
+  ``.pth`` checkpoint) gets the processor the Depth Anything V2 checkpoints ship with.
 - ``depth_anything``: Depth Anything's original inference rule (``distill.preprocessing``:
-  shorter side at least ``input_size``, OpenCV bicubic, normalised on the device), the labeling
-  default before the processor rule; the raw output is the label.
+  shorter side at least ``input_size``, OpenCV bicubic, normalised on the device), only where a
+  labeling job asks for it (``--resize depth_anything``); the raw output is the label.
 
 Pickled into DataLoader workers; transformers is imported only where a processor is built.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 from dataclasses import dataclass
 
@@ -28,17 +31,30 @@ from distill.preprocessing import INPUT_SIZE, Preprocessing
 RULES = ("processor", "depth_anything")
 
 
-def processor_at_size(processor, size: int, model: str = "the model"):
-    """A copy of a transformers image processor whose target size is ``size``, its other rules kept:
-    ``height``/``width`` (Depth Anything, DPT: both set, aspect kept as the processor says) or
-    ``shortest_edge``. A processor that does not resize has no size to set (ValueError, one line)."""
-    d = processor.to_dict()
-    size_rule = d.get("size") if d.get("do_resize", False) else None
-    if not isinstance(size_rule, dict) or not ({"height", "width"} <= set(size_rule) or "shortest_edge" in size_rule):
-        raise ValueError(f"{model}: its image processor ({type(processor).__name__}) has no target size to set "
-                         f"(size={size_rule!r}); drop --input-size")
-    new = {"height": size, "width": size} if "height" in size_rule else {**size_rule, "shortest_edge": size}
-    return type(processor).from_dict({**d, "size": new})
+def target_size(processor) -> dict | None:
+    """A transformers image processor's target size (``height``/``width`` or ``shortest_edge``), or None
+    where it has none (GLPN's: each image at its own size, sides floored to multiples of 32; CHMv2's).
+    Also of a processor's dict (a rule's record, ``InputRule.to_dict``)."""
+    d = processor if isinstance(processor, dict) else processor.to_dict()
+    size = d.get("size") if d.get("do_resize", False) else None
+    ok = isinstance(size, dict) and ({"height", "width"} <= set(size) or "shortest_edge" in size)
+    return size if ok else None
+
+
+def processor_at_size(processor, size: int):
+    """A copy of an image processor whose target size is ``size``, its other rules kept: ``height``/``width``
+    (Depth Anything, DPT: both set, aspect kept as the processor says) or ``shortest_edge``; the processor
+    itself where it has no target size."""
+    rule = target_size(processor)
+    if rule is None:
+        return processor
+    new = {"height": size, "width": size} if "height" in rule else {**rule, "shortest_edge": size}
+    return type(processor).from_dict({**processor.to_dict(), "size": new})
+
+
+# What a processor rule's record says about it (labels' metadata, evaluation results).
+PROCESSOR_FACTS = ("do_resize", "size", "keep_aspect_ratio", "ensure_multiple_of", "size_divisor", "resample", "do_pad",
+                   "do_rescale", "rescale_factor", "do_normalize", "image_mean", "image_std")
 
 
 @dataclass
@@ -48,6 +64,15 @@ class InputRule:
     processor: object | None = None  # the transformers image processor (processor rule)
     input_size: int = INPUT_SIZE  # depth_anything rule
     max_aspect: float | None = 4.0  # depth_anything rule
+
+    @classmethod
+    def of_model(cls, processor, preprocessing: Preprocessing, size: int | None = None) -> InputRule:
+        """A model's one input rule: its image processor, at ``size`` where given and the model can take it.
+        A one-size model (DPT-hybrid) keeps its one size and a processor without a target size its own
+        rule, so that one size can serve several models (several teachers, a benchmark's rows)."""
+        if size and not preprocessing.fixed_size:
+            processor = processor_at_size(processor, size)
+        return cls("processor", preprocessing, processor)
 
     def __post_init__(self):
         if self.kind not in RULES:
@@ -103,23 +128,22 @@ class InputRule:
             results = post(outputs, target_sizes=[tuple(input_hw)] * len(raw))
         return [r["predicted_depth"].float().reshape(r["predicted_depth"].shape[-2:]) for r in results]
 
-    def run(self, model, pixel_values: torch.Tensor, original_hws, autocast_dtype=None) -> list[torch.Tensor]:
-        """Forward + post-processing, in fp32 outside the autocast region."""
-        if autocast_dtype is not None:
-            with torch.autocast(pixel_values.device.type, dtype=autocast_dtype):
-                outputs = model(pixel_values=pixel_values)
-        else:
+    def run(self, model, pixel_values: torch.Tensor, original_hws, autocast=contextlib.nullcontext) -> list[torch.Tensor]:
+        """Forward inside ``autocast()`` (a context-manager factory), post-processing in fp32 outside it."""
+        with autocast():
             outputs = model(pixel_values=pixel_values)
         for name in ("predicted_depth", "field_of_view"):
             value = getattr(outputs, name, None)
             if torch.is_tensor(value):
-                outputs[name] = value.float()
+                setattr(outputs, name, value.float())  # a ModelOutput keeps its item in step
         return self.postprocess(outputs, original_hws, tuple(pixel_values.shape[-2:]))
 
     def to_dict(self) -> dict:
         d = {"rule": self.kind, "multiple": self.preprocessing.multiple}
         if self.kind == "processor":
+            facts = self.processor.to_dict()
             d["processor"] = type(self.processor).__name__
+            d.update({k: facts[k] for k in PROCESSOR_FACTS if facts.get(k) is not None})
         else:
             d.update(input_size=self.input_size, max_aspect=self.max_aspect, normalisation=self.preprocessing.to_dict())
         return d

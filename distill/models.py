@@ -6,7 +6,8 @@ space) is read from ``distill.registry``.
 - ``resolve_model(ref)``: the one resolver every command uses for an existing model: a training run
   directory (its ``final/``), a model directory, a hub id, or an original Depth Anything ``.pth`` /
   ``.safetensors`` file (with a preset, ``distill.original_checkpoints``); returns the model, its output
-  space and its input rule (from its own image processor);
+  space, its image processor and its normalisation (``distill.inference.InputRule.of_model`` makes
+  its one input rule of the two);
 - ``save_model``: a directory that ``pipeline("depth-estimation")`` loads with no custom code; the
   output space rides along as two ``config.json`` fields (``output_space``, ``output_geometry``).
 """
@@ -267,7 +268,8 @@ def image_processor(size: int = INPUT_SIZE, preprocessing: Preprocessing | None 
     """The transformers image processor written next to a model: keep aspect, sides multiples of the
     model's size multiple around ``size``, bicubic, the model's rescale and mean/std (Depth Anything's
     ImageNet values by default). (It picks the scale closest to 1 that reaches the target on one side,
-    where ``distill.preprocessing`` makes the shorter side at least ``size``.) The same class serves
+    where Depth Anything's original rule, ``distill.preprocessing``, makes the shorter side at least
+    ``size``.) Every stage prepares images with it (``distill.inference``). The same class serves
     every architecture: GLPN's own processor has no target size (it runs an image at its own size,
     rounded down to multiples of 32)."""
     p = preprocessing or IMAGENET  # the Depth Anything V2 checkpoints' processor
@@ -295,15 +297,18 @@ def quiet_transformers() -> None:
 
 
 def save_model(model, out_dir: str | os.PathLike, output_space: OutputSpace | None = None, size: int = INPUT_SIZE,
-               state_dict=None, preprocessing: Preprocessing | None = None):
-    """Write weights (safetensors), config.json with the output space, and preprocessor_config.json
-    (``image_processor(size, preprocessing)``; by default the registry's ``input_rule`` of the model).
-    ``state_dict``: the full weights where the model is sharded (DeepSpeed ZeRO-3, FSDP)."""
+               state_dict=None, preprocessing: Preprocessing | None = None, processor=None):
+    """Write weights (safetensors), config.json with the output space, and preprocessor_config.json:
+    ``processor``, by default ``image_processor(size, preprocessing)`` (by default the registry's
+    ``input_rule`` of the model). ``state_dict``: the full weights where the model is sharded (DeepSpeed
+    ZeRO-3, FSDP)."""
     space = output_space or output_space_of(model.config)
     model.config.output_space, model.config.output_geometry = space.space, space.geometry
     os.makedirs(out_dir, exist_ok=True)
     model.save_pretrained(out_dir, state_dict=state_dict)
-    image_processor(size, preprocessing or input_rule(model.config)).save_pretrained(out_dir)
+    if processor is None:
+        processor = image_processor(size, preprocessing or input_rule(model.config))
+    processor.save_pretrained(out_dir)
     return out_dir
 
 

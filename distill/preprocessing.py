@@ -1,7 +1,7 @@
 """Depth Anything's inference rule, from uint8 image to model input (docs/RECIPE.md#input-preprocessing):
-what evaluation, validation, the labeling job's ``resize=depth_anything`` rule and its test-time
-scales resize with, and how every stage normalises (training crops are albumentations',
-``distill.data.transforms``; the labeling default is the model's own image processor, ``distill.inference``):
+what the labeling job's ``resize=depth_anything`` rule resizes with, and how training normalises its
+crops (albumentations', ``distill.data.transforms``). Validation, evaluation, labeling by default and
+the ONNX export's check prepare images with the model's own image processor instead (``distill.inference``).
 
 - size: aspect kept, shorter side at least ``size``, both sides multiples of the model's size
   multiple (rounded to the nearest multiple, up where that would fall below ``size``); optionally

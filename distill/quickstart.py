@@ -257,10 +257,12 @@ def predict_depth(model, image: np.ndarray) -> np.ndarray:
     import torch
 
     from distill.evaluation import predict_images
+    from distill.inference import InputRule
     from distill.spaces import to_depth
 
+    rule = InputRule.of_model(model.processor, model.preprocessing, INPUT_SIZE)  # as the quickstart evaluates
     with torch.inference_mode():
-        pred = predict_images(model.model, [image], INPUT_SIZE, model.preprocessing, "cpu")[0].numpy()
+        pred = predict_images(model.model, [image], rule, "cpu")[0].numpy()
     return to_depth(np.maximum(pred, 1e-6), model.output_space.space)
 
 

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.config import ConfigError, parse_cli, run_main
+from distill.inference import target_size
 from distill.metrics import BENCHMARKS, METRIC_NAMES
 from distill.models import quiet_transformers, resolve_model, save_model
 from distill.preprocessing import INPUT_SIZE
@@ -146,8 +147,20 @@ def evaluation_rows(evals: list[dict]) -> dict:
         "pair_rows": [{"num_images": e.get("num_images", "-"), "num_pairs": e.get("num_pairs", "-"),
                        "accuracy": _fmt(e["pair_accuracy"], True)} for e in pairs],
         "ranges": ranges or "none with a published range",
-        "input_sizes": ", ".join(sorted({str(e.get("input_size")) for e in evals if e.get("input_size")})) or INPUT_SIZE,
+        "input_sizes": ", ".join(sorted({input_size_of(e["input_rule"]) for e in evals if "input_rule" in e})),
+        # results written before evaluation used the image processor carry no input rule
+        "resized_by_depth_anything": sorted({e["benchmark"] for e in evals if "input_rule" not in e}),
     }
+
+
+def input_size_of(rule: dict) -> str:
+    """The target size an evaluation's image processor had, from its record (``InputRule.to_dict``)."""
+    size = target_size(rule)
+    if size is None:
+        return "the image's own size"
+    if "shortest_edge" in size:
+        return f"shortest edge {size['shortest_edge']}"
+    return str(size["height"]) if size["height"] == size["width"] else f"{size['height']}x{size['width']}"
 
 
 def architecture_of(config) -> str:

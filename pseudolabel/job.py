@@ -386,23 +386,19 @@ class _Signals(StopSignals):
 
 
 def _input_rule(cfg: PseudolabelConfig, reference: str, resolved):
-    """How the teacher sees an image: its processor (at ``--input-size`` if given) or Depth Anything's rule.
-    A one-size teacher (DPT-hybrid) sees its one size whatever ``--input-size`` says (as in evaluation: a
-    global size for several teachers applies to those that can take it) and refuses TTA rescaling."""
-    from distill.inference import InputRule, processor_at_size  # noqa: PLC0415
+    """How the teacher sees an image: its own input rule (``InputRule.of_model``, at ``--input-size`` where
+    it can take one: as in evaluation, a global size for several teachers applies to those that can) or
+    Depth Anything's rule. A one-size teacher (DPT-hybrid) refuses TTA rescaling."""
+    from distill.inference import InputRule  # noqa: PLC0415
     from distill.preprocessing import INPUT_SIZE  # noqa: PLC0415
 
     fixed = resolved.preprocessing.fixed_size
     if cfg.tta == "flip+scales" and fixed:
         raise JobError(f"teacher {reference} takes one input size only ({fixed} px, a DPT-hybrid): "
                        "--tta flip+scales cannot rescale its input; use --tta flip")
-    processor = resolved.processor if cfg.resize == "processor" else None
-    if processor is not None and cfg.input_size and not fixed:
-        try:
-            processor = processor_at_size(processor, cfg.input_size, reference)
-        except ValueError as err:
-            raise JobError(str(err)) from None
-    return InputRule(cfg.resize, resolved.preprocessing, processor, cfg.input_size or INPUT_SIZE, cfg.max_aspect)
+    if cfg.resize == "processor":
+        return InputRule.of_model(resolved.processor, resolved.preprocessing, cfg.input_size)
+    return InputRule(cfg.resize, resolved.preprocessing, None, cfg.input_size or INPUT_SIZE, cfg.max_aspect)
 
 
 class _Labeler:

@@ -26,6 +26,9 @@ Confidence = ``exp(-r / tau)`` in [0, 1] (``confidence_tau``, default 0.05: 5% s
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -56,13 +59,15 @@ class Predictor:
         b, _, h, w = images.shape
         x, m = self.rule.model_input(images), self.rule.preprocessing.multiple
         hws = [tuple(hw) for hw in original_hws]
+        autocast = contextlib.nullcontext if self.autocast_dtype is None else functools.partial(
+            torch.autocast, images.device.type, dtype=self.autocast_dtype)
         views = []  # per view: one map per image
         for s in self.scales:
             xs = x if s == 1.0 else F.interpolate(
                 x, size=(max(m, multiple_of(h * s, m)), max(m, multiple_of(w * s, m))),
                 mode="bicubic", align_corners=False, antialias=True)
             batch = xs if self.tta == "none" else torch.cat([xs, xs.flip(-1)])
-            maps = self.rule.run(self.model, batch, hws * (1 if self.tta == "none" else 2), self.autocast_dtype)
+            maps = self.rule.run(self.model, batch, hws * (1 if self.tta == "none" else 2), autocast)
             views.append(maps[:b])
             if self.tta != "none":
                 views.append([p.flip(-1) for p in maps[b:]])

@@ -16,6 +16,7 @@ from PIL import Image
 from distill import evaluate, models
 from distill import evaluation as E
 from distill.data.readers import FolderReader
+from distill.inference import InputRule
 from distill.preprocessing import IMAGENET
 from distill.metrics import (
     BENCHMARKS,
@@ -36,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 NYU = ROOT / ".." / "shared" / "data" / "nyu2_sample"
 H, W = 48, 64
 SIZE = "56"  # inference size: small and fast
+RULE_28 = InputRule.of_model(models.image_processor(28), IMAGENET)  # Depth Anything's processor at 28
 
 
 @pytest.fixture(scope="module")
@@ -224,14 +226,14 @@ def write_da2k(root: Path) -> Path:
 def test_da2k_pair_accuracy_is_exact(tmp_path):
     root = write_da2k(tmp_path / "da2k")
     # disparity: larger is nearer, so "lower row is closer" pairs are right; the tie is wrong
-    result = E.evaluate_da2k(RampModel(RELATIVE_DISPARITY), root, RELATIVE_DISPARITY, size=28, preprocessing=IMAGENET)
+    result = E.evaluate_da2k(RampModel(RELATIVE_DISPARITY), root, RELATIVE_DISPARITY, rule=RULE_28)
     assert result["pair_accuracy"] == 0.5 and (result["num_pairs"], result["num_images"]) == (4, 2)
     assert result["per_scene"] == {"indoor": {"pair_accuracy": 2 / 3, "num_pairs": 3},
                                    "outdoor": {"pair_accuracy": 0.0, "num_pairs": 1}}
     assert [(r["image"], r["correct"]) for r in result["images"]] == [("images/indoor/a.png", 2), ("images/outdoor/b.png", 0)]
     # depth: smaller is nearer, so only the "upper row is closer" pair is right
     depth_space = OutputSpace("depth", "uts")
-    assert E.evaluate_da2k(RampModel(depth_space), root / "annotations.json", depth_space, size=28, preprocessing=IMAGENET)["pair_accuracy"] == 0.25
+    assert E.evaluate_da2k(RampModel(depth_space), root / "annotations.json", depth_space, rule=RULE_28)["pair_accuracy"] == 0.25
 
 
 def test_da2k_cli_and_bad_annotations(tiny_models, tmp_path, capsys):
@@ -299,9 +301,9 @@ def test_no_evaluation_path_clamps_to_the_images_own_ground_truth(tmp_path):
     reader = FolderReader(root)
     gt = [s.target[s.valid] for s in (reader[0], reader[1])]
     model = ConstantMetric(100.0)
-    rows = E.evaluate_samples(model, [reader[0], reader[1]], METRIC_DEPTH, IMAGENET, size=28)
+    rows = E.evaluate_samples(model, [reader[0], reader[1]], METRIC_DEPTH, RULE_28)
     assert [r["abs_rel"] for r in rows] == pytest.approx([np.mean(100 / g - 1) for g in gt], rel=1e-5)
-    capped = E.evaluate_samples(model, [reader[0], reader[1]], METRIC_DEPTH, IMAGENET, benchmark="nyu", size=28)
+    capped = E.evaluate_samples(model, [reader[0], reader[1]], METRIC_DEPTH, RULE_28, benchmark="nyu")
     in_crop = [s.target[s.valid & benchmark_mask("nyu", torch.from_numpy(s.target)).numpy()] for s in (reader[0], reader[1])]
     assert [r["abs_rel"] for r in capped] == pytest.approx([np.mean(10 / g - 1) for g in in_crop], rel=1e-5)
     # protocol_depth itself: no range, no clamp, whatever the mask holds
@@ -311,7 +313,7 @@ def test_no_evaluation_path_clamps_to_the_images_own_ground_truth(tmp_path):
     assert torch.equal(out, pred)
     # validation goes through the same loop
     cfg = DataConfig(val=[DatasetConfig(reader="folder", root=str(root))], num_workers=0)
-    val = validate(model, build_val_sets(cfg), METRIC_DEPTH, Accelerator(cpu=True), IMAGENET, size=28)
+    val = validate(model, build_val_sets(cfg), METRIC_DEPTH, Accelerator(cpu=True), RULE_28)
     assert val["val/abs_rel"] == pytest.approx(np.mean([r["abs_rel"] for r in rows]), rel=1e-9)
 
 
@@ -328,7 +330,8 @@ def test_validation_on_nyu_equals_the_evaluate_command(tiny_models, tmp_path, ca
     cfg = DataConfig(val=[DatasetConfig(reader="nyu", root=str(NYU))], val_max_samples=3, num_workers=0)
     val_sets = build_val_sets(cfg)
     assert val_sets[0].benchmark == "nyu"
-    val = validate(resolved.model, val_sets, resolved.output_space, Accelerator(cpu=True), resolved.preprocessing, size=70)
+    val = validate(resolved.model, val_sets, resolved.output_space, Accelerator(cpu=True),
+                   InputRule.of_model(resolved.processor, resolved.preprocessing, 70))
     out = tmp_path / "nyu.json"
     rc, _, err = run_main(["--model", tiny_models["uts"], "--benchmark", "nyu", "--data-root", NYU, "--max-images", "3",
                            "--input-size", "70", "--output", out], capsys)

@@ -53,6 +53,18 @@ def test_export_matches_pytorch_at_two_sizes(saved_model, fp32_export, tmp_path,
     assert info["max_relative_l2"] <= export.TOLERANCE[precision] and info["output_space"] == "depth:uts"
     for name in ("config.json", "preprocessor_config.json", "README.md"):
         assert (out / name).is_file()
+    # both models were fed what the model's own image processor (the folder's) prepares at each size
+    from transformers import AutoImageProcessor
+
+    from distill.inference import processor_at_size
+
+    processor = AutoImageProcessor.from_pretrained(out)
+    assert processor.to_dict() == AutoImageProcessor.from_pretrained(saved_model / "final").to_dict()
+    name, photo = export.check_images([])[0]
+    photo = photo.copy()  # writable, as the processor wants
+    prepared = {tuple(processor_at_size(processor, s)(images=photo, return_tensors="np")["pixel_values"].shape[-2:])
+                for s in (56, 98)}
+    assert prepared == {tuple(r["size"]) for r in info["parity"] if r["image"] == name}
     # dynamic batch and sizes: a shape never seen at export time
     session = ort.InferenceSession(str(out / info["file"]), providers=["CPUExecutionProvider"])
     x = np.random.default_rng(0).standard_normal((3, 3, 14 * 5, 14 * 9)).astype(np.float16 if precision == "fp16" else np.float32)

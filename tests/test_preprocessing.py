@@ -91,12 +91,14 @@ from pseudolabel.job import run
 repo, image_path, bench, out = sys.argv[1:5]
 proc = AutoImageProcessor.from_pretrained(repo)
 expected = proc(images=resize_for_inference(read_rgb(image_path), 28), do_resize=False, return_tensors="pt")["pixel_values"]
+own = proc(images=read_rgb(image_path), return_tensors="pt")["pixel_values"]  # the repo's processor: no target size
 run(load_config(PseudolabelConfig, None, [f"teacher={repo}", f"input={image_path}", f"output={out}", "resize=depth_anything", "input_size=28",
                                          "num_workers=0", "streams=1", "progress=false"]), log=lambda m: None)
 labeled = seen[-1]
 assert evaluate(["--model", repo, "--benchmark", "folder", "--data-root", bench, "--input-size", "28"]) == 0
-print(json.dumps({"labeling": float((labeled - expected).abs().max()), "evaluation": float((seen[-1] - expected).abs().max()),
-                  "shape": list(labeled.shape), "expected_shape": list(expected.shape)}))
+assert seen[-1].shape == own.shape, (seen[-1].shape, own.shape)
+print(json.dumps({"labeling": float((labeled - expected).abs().max()), "evaluation": float((seen[-1] - own).abs().max()),
+                  "shape": list(labeled.shape), "expected_shape": list(expected.shape), "evaluation_shape": list(own.shape)}))
 """
 
 
@@ -129,7 +131,8 @@ def test_hub_teachers_are_normalised_as_their_own_processor_says(tmp_path):
                                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
             assert proc.returncode == 0, proc.stderr[-3000:]
             result = json.loads(proc.stdout.strip().splitlines()[-1])
-            assert result["shape"] == result["expected_shape"] == [1, 3, 28, 42]
+            assert result["shape"] == result["expected_shape"] == [1, 3, 28, 42]  # labeling: resize=depth_anything at 28
+            assert result["evaluation_shape"] == [1, 3, 40, 56]  # evaluation: the processor, which keeps the image's size
             assert result["labeling"] < 1e-6 and result["evaluation"] < 1e-6, (repo, result)
             manifest = json.loads((out / "manifest.json").read_text())
             assert manifest["labeled"] == 1 and manifest["teacher"] == repo

@@ -32,11 +32,12 @@ def tiny_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def eval_files(tmp_path_factory):
-    """Results as evaluate.py writes them (values made up)."""
+    """Results as evaluate.py writes them (values made up; DA-2K's as written before the input rule was recorded)."""
     d = tmp_path_factory.mktemp("evals")
     metrics = dict(abs_rel=0.0451, sq_rel=0.02, rmse=0.2, rmse_log=0.06, log10=0.02, silog=5.0, d1=0.979, d2=0.995, d3=0.999)
     nyu = {"benchmark": "nyu", "model": "/home/someone/ckpt", "protocol": "affine-disparity", "num_images": 654, **metrics,
-           "output_space": {"space": "disparity", "geometry": "utss"}, "input_size": 518,
+           "output_space": {"space": "disparity", "geometry": "utss"},
+           "input_rule": {"rule": "processor", "do_resize": True, "size": {"height": 518, "width": 518}},
            "data_root": "/home/someone/data/nyu", "images": []}
     da2k = {"benchmark": "da2k", "model": "/home/someone/ckpt", "protocol": None, "num_images": 1000, "num_pairs": 2000,
             "pair_accuracy": 0.953, "output_space": {"space": "disparity", "geometry": "utss"}, "images": []}
@@ -97,6 +98,9 @@ def test_dry_run_builds_release_folder_and_card(tiny_model, eval_files, tmp_path
     assert meta["datasets"] == ["some-org/unlabeled-images"] and "depth-estimation" in meta["tags"]
     assert "| nyu | affine-disparity | 654 | 0.045 | 97.9 |" in card
     assert "| DA-2K | 1000 | 2000 | 95.3 |" in card
+    flat = " ".join(card.split())
+    assert "prepared by the bundled image processor" in flat and "at target size 518;" in flat
+    assert "The results for da2k come from an earlier evaluation" in flat
     from huggingface_hub import ModelCard  # the Hub reads the results from model-index
 
     results = {(r.dataset_type, r.metric_type): r.metric_value for r in ModelCard(card).data.eval_results}

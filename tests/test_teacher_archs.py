@@ -112,7 +112,8 @@ def test_original_weight_files_label_with_a_preset(tmp_path, corpus):
 
 def test_input_size_sets_the_processors_size(corpus, tmp_path):
     """``--input-size`` under the processor rule: the teacher's own processor at that size (aspect as it
-    keeps it), labels equal to the model run through that processor; refused where there is no size to set."""
+    keeps it), labels equal to the model run through that processor; a processor without a target size
+    (GLPN's) keeps its own rule."""
     from transformers import AutoImageProcessor
 
     from distill.inference import processor_at_size
@@ -134,44 +135,84 @@ def test_input_size_sets_the_processors_size(corpus, tmp_path):
             depth = processor.post_process_depth_estimation(model(**inputs), target_sizes=[inputs["pixel_values"].shape[-2:]])
         expected = cv2.resize(depth[0]["predicted_depth"].numpy().astype(np.float32), image.size, interpolation=cv2.INTER_LINEAR)
         assert np.linalg.norm(s.target - expected) / np.linalg.norm(expected) <= 1e-3
-    glpn = save_tiny("glpn", tmp_path / "glpn")
-    with pytest.raises(JobError, match="has no target size to set"):
-        run(load_config(PseudolabelConfig, None, [f"teacher={glpn}", f"input={corpus}", f"output={tmp_path / 'g'}",
-                                                  "input_size=112", "num_workers=0", "progress=false"]))
+    glpn = save_tiny("glpn", tmp_path / "glpn")  # no target size: its own rule (a global size for several teachers)
+    run(load_config(PseudolabelConfig, None, [f"teacher={glpn}", f"input={corpus}", f"output={tmp_path / 'g'}",
+                                              "input_size=112", "num_workers=0", "progress=false"]))
+    s = ShardReader(tmp_path / "g")[0]
+    own = AutoImageProcessor.from_pretrained(glpn)(images=Image.open(s.meta["path"]).convert("RGB"), return_tensors="pt")
+    assert list(own["pixel_values"].shape[-2:]) == s.meta["inference_size"] and s.meta["input_rule"]["size_divisor"] == 32
 
 
-class _Recorder(torch.nn.Module):
-    """A model that remembers the ``pixel_values`` it was given (and answers with a flat map)."""
+class _Fed(Exception):
+    """Raised by a model stand-in with the ``pixel_values`` it was given."""
 
-    def __init__(self):
-        super().__init__()
-        self.seen = []
 
-    def forward(self, pixel_values):
-        self.seen.append(pixel_values.detach().clone())
-        return type("Out", (), {"predicted_depth": torch.ones(pixel_values.shape[0], *pixel_values.shape[-2:])})()
+def _stand_in(pixel_values):
+    raise _Fed(pixel_values)
+
+
+def _bench(root, rgb):
+    """A one-image ``folder`` benchmark of ``rgb`` (metric ground truth: every protocol applies)."""
+    (root / "rgb").mkdir(parents=True)
+    (root / "depth").mkdir()
+    (root / "dataset.yaml").write_text("name: one\nspace: depth\ngeometry: metric\n")
+    Image.fromarray(rgb).save(root / "rgb" / "a.png")
+    np.save(root / "depth" / "a.npy", np.ones(rgb.shape[:2], np.float32))
+    return root
 
 
 @pytest.mark.parametrize("family", list(TINY))
-def test_one_input_path_per_rule(family, corpus, tmp_path):
-    """For every family, the tensor a model is fed: labeling under the processor rule = what
-    ``pipeline("depth-estimation")`` prepares; evaluation (and validation, the same loop) = labeling under
-    ``resize=depth_anything``. (Evaluation does not use the processor yet: the two rules differ by design.)"""
+def test_one_input_path_per_model(family, corpus, tmp_path, monkeypatch):
+    """For every family, one tensor per image: what the evaluate command and labeling feed a model =
+    what ``pipeline("depth-estimation")`` prepares; at a given size (a training crop, ``--input-size``),
+    what validation, the evaluate command and labeling feed it = what ``pipeline`` prepares with the
+    model as training saves it (``final/``: validation's image processor). Training crops aside."""
+    from accelerate import Accelerator
     from transformers import pipeline
 
-    from distill.evaluation import predict_images
-    from distill.inference import InputRule
+    from distill import evaluate
+    from distill import evaluation as E
+    from distill.data.loading import DataConfig, DatasetConfig, build_val_sets
+    from distill.engine import ModelConfig, model_input_rule, validate
+    from distill.models import save_model
+    from pseudolabel.job import _input_rule
 
     model_dir = save_tiny(family, tmp_path / family)
     resolved = resolve_model(model_dir)
-    path = sorted(corpus.iterdir())[0]
-    rgb = np.asarray(Image.open(path).convert("RGB"))
-    labeling = InputRule("processor", resolved.preprocessing, resolved.processor).prepare(rgb)
-    pipe = pipeline("depth-estimation", model=model_dir, device="cpu")
-    expected = pipe.image_processor(images=Image.fromarray(rgb), return_tensors="pt")["pixel_values"][0].numpy()
-    assert labeling.shape == expected.shape and np.allclose(labeling, expected, atol=1e-5), family
-    recorder = _Recorder()
-    predict_images(recorder, [rgb], 56, resolved.preprocessing, "cpu")
-    rule = InputRule("depth_anything", resolved.preprocessing, input_size=56)
-    labeled = rule.model_input(torch.from_numpy(rule.prepare(rgb))[None])
-    assert torch.equal(recorder.seen[0], labeled), family
+    rgb = np.asarray(Image.open(sorted(corpus.iterdir())[0]).convert("RGB"))
+    bench = _bench(tmp_path / "bench", rgb)
+    fed, predict_images = [], E.predict_images
+
+    def spy(model, images, rule, *args, **kwargs):  # the evaluation loop's tensor (the model is not run)
+        try:
+            predict_images(_stand_in, images, rule, *args, **kwargs)
+        except _Fed as got:
+            fed.append(got.args[0][0].numpy())
+        return torch.ones(len(images), *images[0].shape[:2])
+
+    monkeypatch.setattr(E, "predict_images", spy)
+
+    def evaluated(*size):
+        assert evaluate.main(["--model", model_dir, "--benchmark", "folder", "--data-root", str(bench), *size]) == 0
+        return fed[-1]
+
+    def labeled(*size):
+        cfg = load_config(PseudolabelConfig, None, [f"teacher={model_dir}", "input=x", "output=y", *size])
+        return _input_rule(cfg, model_dir, resolved).prepare(rgb)
+
+    def prepared_by_pipeline(directory):
+        pipe = pipeline("depth-estimation", model=str(directory), device="cpu")
+        return pipe.image_processor(images=Image.fromarray(rgb), return_tensors="pt")["pixel_values"][0].numpy()
+
+    own = prepared_by_pipeline(model_dir)
+    for name, tensor in (("labeling", labeled()), ("evaluation", evaluated())):
+        assert tensor.shape == own.shape and np.allclose(tensor, own, atol=1e-5), (family, name)
+    size = 64
+    rule = model_input_rule(ModelConfig(init_from=model_dir), resolved.preprocessing, size)  # as engine.setup makes it
+    save_model(resolved.model, tmp_path / "final", processor=rule.processor)  # as engine.save_final_model writes it
+    val_sets = build_val_sets(DataConfig(val=[DatasetConfig(reader="folder", root=str(bench))], num_workers=0))
+    validate(resolved.model, val_sets, resolved.output_space, Accelerator(cpu=True), rule)
+    saved = prepared_by_pipeline(tmp_path / "final")
+    for name, tensor in (("validation", fed[-1]), ("evaluation", evaluated("--input-size", str(size))),
+                         ("labeling", labeled(f"input_size={size}"))):
+        assert tensor.shape == saved.shape and np.allclose(tensor, saved, atol=1e-5), (family, name)
