@@ -295,7 +295,7 @@ def test_fail_is_one_line(capsys):
     assert capsys.readouterr().err == "prog: error: first; second\n"
 
 
-COMMAND_CONFIGS = [("teacher.config", "TeacherConfig"), ("student.config", "StudentConfig"), ("teacher.metric", "MetricConfig"),
+COMMAND_CONFIGS = [("teacher.config", "TeacherConfig"), ("student.config", "StudentConfig"), ("student.metric", "MetricConfig"),
                    ("pseudolabel.config", "PseudolabelConfig"), ("distill.evaluate", "EvaluateConfig"),
                    ("distill.release", "ReleaseConfig"), ("distill.export", "ExportConfig"),
                    ("distill.quickstart", "QuickstartConfig"), ("pseudolabel.curation.config", "CurateConfig")]
