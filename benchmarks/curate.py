@@ -420,8 +420,7 @@ def duplicate_heavy(exp, corpus: int, seed: int) -> Path:
         source = popular[k % len(popular)]
         kind = TRANSFORMS[int(rng.integers(len(TRANSFORMS)))]
         copy = folder / f"{source.parent.parent.name}-{source.stem}-copy{k}-{kind}.jpg"
-        if not copy.is_file():
-            copy.write_bytes(transform(np.asarray(Image.open(source).convert("RGB")), kind, rng))
+        copy.write_bytes(transform(np.asarray(Image.open(source).convert("RGB")), kind, rng))  # always: the rng's draws
         listed.append(copy)
     order = rng.permutation(len(listed))
     path = exp.data / "corpus-dup.txt"
@@ -461,7 +460,8 @@ def part_student(args) -> dict:
     for name, inputs in (("uncurated", uncurated), ("curated", curated_dir / "selection.txt")):
         labels = exp.label(f"{name}-b{args.budget}", [teacher], inputs=inputs)
         runs = [exp.scores(exp.student("L1", seed, 40, labels, exp.lr, name=f"{name}-L1")) for seed in range(args.seeds)]
-        listed = Path(inputs).read_text().splitlines()
+        with open(labels / "_job" / "items.jsonl") as f:  # what was labeled (the lists are rewritten on a rerun)
+            listed = [json.loads(line)["path"] for line in f]
         result[name] = {"broad_test_abs_rel": [broad(r, "test") for r in runs], "broad_val_abs_rel": [broad(r, "val") for r in runs],
                         "distinct_sources": len({_source_of(line) for line in listed}), "labeled": len(listed)}
     result["teacher"] = {"broad_test_abs_rel": broad(exp.scores(teacher), "test")}
