@@ -19,6 +19,7 @@ import sys
 
 from distill.config import ConfigError, fail, parse_cli, run_main
 from pseudolabel.curation.config import CurateConfig, embedding_options
+from pseudolabel.curation.select import threshold_of
 
 PROG = "curate.py"
 SELECT_CLAIM = "select"  # the claim of the one process that merges and selects
@@ -39,6 +40,7 @@ def normalise(cfg: CurateConfig) -> CurateConfig:
             cfg.encoder = resolve_reference(cfg.encoder)
         except ModelError as err:
             raise ConfigError(f"cannot load the encoder: {err}") from None
+    threshold_of(cfg, cfg.encoder)  # before hours of embedding: an encoder without a measured threshold needs one
     return cfg
 
 
