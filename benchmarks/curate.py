@@ -1,4 +1,4 @@
-"""Curation benchmark (``distill/curate.py``): does it find the duplicates and the junk, how fast,
+"""Curation benchmark (``-m pseudolabel.curation``): does it find the duplicates and the junk, how fast,
 and does it scale? Three parts, each printing a table and writing ``OUT/<part>.json``:
 
 ``corpus``: constructed corpora of distinct source images (the shared photos when present,
@@ -143,7 +143,7 @@ def build_corpus(folder: Path, items: list[tuple[str, np.ndarray]], seed: int) -
 def curate(folder: Path, out: Path, *extra: str) -> float:
     """The command as a user runs it; returns its wall time."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, str(ROOT / "distill" / "curate.py"), "--input", str(folder), "--output", str(out),
+    subprocess.run([sys.executable, "-m", "pseudolabel.curation", "--input", str(folder), "--output", str(out),
                     "encoder=efficientnet-lite0", "threads=1", "num_workers=1", "progress=false", *extra],
                    check=True, cwd=ROOT, stderr=subprocess.DEVNULL)
     return time.perf_counter() - started
@@ -382,7 +382,7 @@ def part_resume(args) -> dict:
     build_corpus(base / "corpus", sources(args.sources)[: max(8, args.sources)], 2)
     opts = ("shard_size=16", "budget=60")
     curate(base / "corpus", base / "whole", *opts)
-    cmd = [sys.executable, str(ROOT / "distill" / "curate.py"), "--input", str(base / "corpus"), "--output",
+    cmd = [sys.executable, "-m", "pseudolabel.curation", "--input", str(base / "corpus"), "--output",
            str(base / "cut"), "encoder=efficientnet-lite0", "threads=1", "num_workers=1", "progress=false", *opts]
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.DEVNULL)
     while not list((base / "cut" / "index").glob("*.json")):  # one unit committed: stop during the pass

@@ -1,5 +1,5 @@
 """Does metric fine-tuning learn metric depth? A relative tiny model fine-tuned with
-``accelerate launch distill/finetune_metric.py`` on synthetic metric scenes, against the same model before fine-tuning
+``accelerate launch -m student.metric`` on synthetic metric scenes, against the same model before fine-tuning
 turned into depth by ONE global map in its own output space (a scale for a depth-up-to-scale model,
 scale and shift of the disparity for a relative one), fitted on training scenes and then frozen.
 
@@ -92,7 +92,7 @@ def _main(argv=None) -> int:
     stages = Stages(out)
     tuned_dir = out / "metric-tiny"
     stages.run("finetune", accelerate_launch(
-        "distill/finetune_metric.py", "--config", "configs/metric/tiny.yaml", f"model.init_from={args.init_from}",
+        "-m", "student.metric", "--config", "configs/metric/tiny.yaml", f"model.init_from={args.init_from}",
         f"output_dir={tuned_dir}", f"max_steps={args.steps}", f"eval_every={args.steps}", f"save_every={args.steps}",
         "tracker=none", "overwrite=true"))
     # the fine-tuning data's first scenes (configs/metric/tiny.yaml: seed 11) and held-out ones

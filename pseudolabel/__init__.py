@@ -19,6 +19,6 @@ Modules, in the order data flows through them:
 - ``claims``: claims on units and clean-up of abandoned temporary files: launches sharing an output.
 - ``job``: the run: job file, claims and resume, the process's loop, stop and failure, the manifest.
 - ``status``: ``pseudolabel.py status O``: units done / claimed / pending, rate and ETA.
-- ``curation``: the step before labeling (``distill/curate.py``): facts and embeddings on the same
+- ``curation``: the step before labeling (``-m pseudolabel.curation``): facts and embeddings on the same
   inputs, claims and resume, then junk, duplicates and a diversity-balanced selection.
 """

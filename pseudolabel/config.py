@@ -27,7 +27,7 @@ class PseudolabelConfig:
     hf_split: str = "train"  # Hugging Face inputs: split, image column, optional key column
     image_column: str = "image"  # Hugging Face inputs: the image column
     key_column: str | None = None  # Hugging Face inputs: the key column; default: row number
-    select: str | None = None  # a file of source ids to label, one per line (distill/curate.py's selection_ids.txt)
+    select: str | None = None  # a file of source ids to label, one per line (-m pseudolabel.curation's selection_ids.txt)
 
     # inference (distill.inference.InputRule)
     # processor: the teacher's own image processor and post-processing (what pipeline() does);

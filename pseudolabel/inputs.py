@@ -409,8 +409,15 @@ def _raw_to_npy(raw: str, npy: str, count: int) -> None:
 SELECTION = "selection.npy"  # in the job folder: the frozen selection (sorted id hashes)
 
 
+def npy_bytes(array: np.ndarray) -> bytes:
+    """``array`` as the bytes of a .npy file (for an atomic write)."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return buf.getvalue()
+
+
 def read_selection(path: str) -> np.ndarray:
-    """A file of source ids, one per line (``distill/curate.py``'s ``selection_ids.txt``) -> their
+    """A file of source ids, one per line (``-m pseudolabel.curation``'s ``selection_ids.txt``) -> their
     sorted 64-bit hashes (8 bytes per id whatever the corpus). Raises InputError."""
     try:
         hashes = np.array([_id_hash(line.rstrip("\r\n")) for line in _lines(path) if line.strip()], dtype=np.uint64)

@@ -58,6 +58,7 @@ from pseudolabel.config import LEGACY_DEFAULTS, PseudolabelConfig, defining_opti
 from pseudolabel.inputs import (
     SELECTION,
     InputError,
+    npy_bytes,
     Listing,
     detect,
     discover,
@@ -173,7 +174,7 @@ def _list_job(cfg, path: str, options: dict) -> dict:
         if getattr(cfg, "select", None):  # frozen with the listing: a stream's members are selected from it later
             selection = read_selection(cfg.select)
             os.makedirs(job_dir, exist_ok=True)
-            write_atomic(os.path.join(job_dir, SELECTION), _npy_bytes(selection))
+            write_atomic(os.path.join(job_dir, SELECTION), npy_bytes(selection))
         counts = write_listing(select_items(discover(kind, spec, cfg), selection), job_dir, unique="walk" in spec)
     except InputError as e:
         raise JobError(str(e)) from None
@@ -194,16 +195,6 @@ def _list_job(cfg, path: str, options: dict) -> dict:
     job["units"] = unit_count(counts["items"], unit_inputs(job))
     write_atomic(path, json.dumps(job, indent=1).encode())
     return job
-
-
-def _npy_bytes(array) -> bytes:
-    import io  # noqa: PLC0415
-
-    import numpy as np  # noqa: PLC0415
-
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 # ------------------------------------------------------------------------------ resume / claims

@@ -2,7 +2,7 @@
 metric script does: the checkpoint's encoder (and, with ``keep_decoder``, its decoder) under a
 metric head (``max_depth`` x sigmoid), trained with SiLog (docs/RECIPE.md#silog) on metric data.
 
-    accelerate launch distill/finetune_metric.py --config configs/metric/vits.yaml \\
+    accelerate launch -m student.metric --config configs/metric/vits.yaml \\
         model.init_from=runs/student-vits [key=value | --key value ...]
 
 The same engine as the other stages (checkpoints, resume, SIGTERM, validation with the metric
@@ -24,7 +24,7 @@ from distill.models import freeze_unused_parameters, resolve_model
 from distill.preprocessing import Preprocessing
 from distill.spaces import METRIC_DEPTH
 
-PROG = "finetune_metric.py"
+PROG = "student.metric"
 
 
 @dataclass
@@ -93,7 +93,7 @@ def _main(argv=None) -> int:
 
 
 def main(argv=None) -> int:
-    """``accelerate launch distill/finetune_metric.py`` (or ``-m student.metric``, ``-m teacher.metric``) and the ``distill-finetune-metric`` console script."""
+    """``accelerate launch -m student.metric`` (or ``-m student.metric``, ``-m teacher.metric``) and the ``distill-finetune-metric`` console script."""
     return run_main(PROG, _main, argv)
 
 

@@ -1,4 +1,4 @@
-"""Curation (distill/curate.py): the selection rules on hand-made cases, then the command on a small
+"""Curation (-m pseudolabel.curation): the selection rules on hand-made cases, then the command on a small
 corpus with planted duplicates and junk, every input form, the resume, and labeling a selection."""
 import io
 import json
@@ -177,7 +177,6 @@ def test_a_budget_spreads_over_clusters_and_a_rerun_reselects_without_embedding(
     kept = np.isin(decision, [0, 1])
     sizes = np.bincount(leaf[kept])
     chosen = np.bincount(leaf[decision == 0], minlength=len(sizes))
-    assert chosen.max() - np.minimum(chosen, sizes).min() <= max(1, sizes.max())  # no leaf starves while another fills
     assert all(chosen[i] == sizes[i] or chosen[i] >= chosen[sizes > chosen].max() - 1 for i in range(len(sizes)) if sizes[i])
 
 

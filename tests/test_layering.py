@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 STAGES = ("teacher", "student", "pseudolabel")
 # Thin launchers of the user commands (``accelerate launch distill/train_teacher.py`` ...): the only
 # files in distill/ that import a stage package.
-LAUNCHERS = {"train_teacher.py", "train_student.py", "pseudolabel.py", "curate.py", "finetune_metric.py"}
+LAUNCHERS = {"train_teacher.py", "train_student.py", "pseudolabel.py"}
 LIBRARY = sorted(p for p in (ROOT / "distill").rglob("*.py") if p.relative_to(ROOT / "distill").as_posix() not in LAUNCHERS)
 
 
@@ -77,7 +77,7 @@ def test_console_scripts_name_the_launchers_mains():
 
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     launched = {"train_teacher.py": "teacher.train:main", "pseudolabel.py": "pseudolabel.cli:main",
-                "train_student.py": "student.train:main", "curate.py": "pseudolabel.curation.cli:main", "finetune_metric.py": "student.metric:main"}
+                "train_student.py": "student.train:main"}
     for launcher, target in launched.items():
         module = target.split(":")[0]
         assert f"from {module} import main" in (ROOT / "distill" / launcher).read_text(), launcher

@@ -83,7 +83,7 @@ def test_metric_model_refuses_another_kind(tmp_path):
 
 def test_finetune_command_writes_a_metric_model(relative_run, tmp_path):
     out = tmp_path / "metric"
-    cmd = [sys.executable, str(ROOT / "distill" / "finetune_metric.py"), "--config", str(ROOT / "configs" / "metric" / "tiny.yaml"),
+    cmd = [sys.executable, "-m", "student.metric", "--config", str(ROOT / "configs" / "metric" / "tiny.yaml"),
            f"model.init_from={relative_run}", f"output_dir={out}", "max_steps=40", "log_every=10", "eval_every=40",
            "save_every=40", "tracker=none", "batch_size=4", "data.crop_size=42", "data.num_workers=0", "data.val_max_samples=2",
            "data.groups.0.datasets.0.options.height=48", "data.groups.0.datasets.0.options.width=64",

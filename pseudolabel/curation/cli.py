@@ -1,7 +1,7 @@
-"""The curate command: ``accelerate launch distill/curate.py`` / ``distill-curate``.
+"""The curate command: ``accelerate launch -m pseudolabel.curation`` / ``distill-curate``.
 
-    accelerate launch distill/curate.py --input I --output C [--encoder E] [--budget N] [key=value | --key value ...]
-    python distill/curate.py status C
+    accelerate launch -m pseudolabel.curation --input I --output C [--encoder E] [--budget N] [key=value | --key value ...]
+    python -m pseudolabel.curation status C
 
 Reads every input form labeling reads (``pseudolabel.inputs``), embeds on any number of processes
 with the labeling job's claims, resume and stop (``embed``), then the process that finds the pass
@@ -21,7 +21,7 @@ from distill.config import ConfigError, fail, parse_cli, run_main
 from pseudolabel.curation.config import CurateConfig, embedding_options
 from pseudolabel.curation.select import threshold_of
 
-PROG = "curate.py"
+PROG = "pseudolabel.curation"
 SELECT_CLAIM = "select"  # the claim of the one process that merges and selects
 
 

@@ -28,18 +28,12 @@ from distill.data.shards import index_path, read_index
 from distill.runtime import temp_path, write_atomic
 from pseudolabel.curation.facts import image_facts
 from pseudolabel.decode import ByteSource, DecodeFailure
-from pseudolabel.inputs import Listing, make_key, shard_name, unit_range
+from pseudolabel.inputs import Listing, make_key, npy_bytes, shard_name, unit_range
 from pseudolabel.job import JOB_DIR, JobError
 
 EMBEDDINGS_DIR = "embeddings"
 MERGED = "embedded.json"  # written last by merge: the embedding pass is complete
 FACT_COLUMNS = ("height", "width", "gray_std", "grayscale")
-
-
-def npy_bytes(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
 
 
 class FactStream(IterableDataset):
