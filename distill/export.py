@@ -163,6 +163,10 @@ def parity(onnx_path, resolved, images, sizes: list[int], precision: str) -> lis
             pixels = rule.model_input(torch.from_numpy(rule.prepare(image))[None])
             with torch.no_grad():
                 expect = model(pixel_values=pixels).predicted_depth.float().numpy()
+            peak = float(np.abs(expect).max())
+            if precision == "fp16" and peak > np.finfo(np.float16).max:
+                raise ExportError(f"{name}: the model's depth reaches {peak:.3g}, beyond float16's range (65504): "
+                                  f"export --precision fp32 (a relative model's scale is free and may drift in training)")
             got = session.run(None, {"pixel_values": pixels.numpy().astype(dtype)})[0].astype(np.float32)
             if got.shape != expect.shape:
                 raise ExportError(f"the exported graph gave {got.shape} for input {tuple(pixels.shape)}, "
@@ -244,7 +248,11 @@ def run(args: ExportConfig) -> dict:
     start = time.perf_counter()
     export_onnx(model, out / name, multiple, args.precision, args.opset, resolved.preprocessing.fixed_size)
     seconds = time.perf_counter() - start
-    rows = parity(out / name, resolved, images, args.check_sizes, args.precision)
+    try:
+        rows = parity(out / name, resolved, images, args.check_sizes, args.precision)
+    except ExportError:
+        (out / name).unlink()  # a model that failed its check is not left behind
+        raise
     worst = max(r["relative_l2"] for r in rows)
     info = {"file": name, "reference": resolved.reference, "precision": args.precision, "opset": args.opset,
             "output_space": f"{resolved.output_space.space}:{resolved.output_space.geometry}",

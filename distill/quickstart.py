@@ -285,9 +285,9 @@ def summary_rows(data: Path) -> list[tuple[str, np.ndarray, np.ndarray | None]]:
     return rows
 
 
-def summary_png(path: Path, teacher_dir: Path, student_dir: Path, data: Path, height: int = 160, width: int = 240) -> None:
-    """A header, then one row per input: image | teacher | student | ground truth (blank where there
-    is none), each cell ``height`` x ``width`` (aspect kept, centred on white); every depth coloured
+def summary_png(path: Path, models: dict[str, Path], data: Path, height: int = 160, width: int = 240) -> None:
+    """A header, then one row per input: image | each of ``models`` (title -> model directory) | ground
+    truth (blank where there is none), each cell ``height`` x ``width`` (aspect kept, centred on white); every depth coloured
     by inverse depth on its own range (predictions are up to scale)."""
     import cv2
 
@@ -302,15 +302,17 @@ def summary_png(path: Path, teacher_dir: Path, student_dir: Path, data: Path, he
         canvas[top:top + h, left:left + w] = cv2.resize(picture, (w, h), interpolation=cv2.INTER_AREA)
         return canvas
 
-    header = np.full((28, 4 * width, 3), 255, np.uint8)
-    for i, title in enumerate(("input", "teacher", "student", "ground truth")):
+    titles = ("input", *models, "ground truth")
+    header = np.full((28, len(titles) * width, 3), 255, np.uint8)
+    for i, title in enumerate(titles):
         cv2.putText(header, title, (i * width + 8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1, cv2.LINE_AA)
-    teacher, student = resolve_model(str(teacher_dir)), resolve_model(str(student_dir))
-    teacher.model.eval(), student.model.eval()
+    resolved = [resolve_model(str(directory)) for directory in models.values()]
+    for model in resolved:
+        model.model.eval()
     rows = [header]
     for _, image, gt in summary_rows(data):
         cells = [image]
-        for model in (teacher, student):
+        for model in resolved:
             depth = predict_depth(model, image)
             cells.append(colorize(depth, np.isfinite(depth) & (depth > 0)))
         cells.append(colorize(gt, gt > 0) if gt is not None else np.full_like(image, 255))
@@ -345,7 +347,7 @@ def main(argv=None) -> int:
     return run_main(PROG, _main, argv)
 
 
-def _data(out: Path, args: QuickstartConfig, stages: Stages) -> Path:
+def write_data(out: Path, args: QuickstartConfig, stages: Stages) -> Path:
     """The photos, Middlebury's Motorcycle, synthetic scenes; returns the list file of unlabeled images."""
     data = out / "data"
     start = time.perf_counter()
@@ -361,22 +363,28 @@ def _data(out: Path, args: QuickstartConfig, stages: Stages) -> Path:
     return unlabeled
 
 
-def _evaluate(out: Path, stages: Stages, teacher: Path, student: Path) -> dict:
-    """Teacher and student on the quickstart's benchmarks (the NYU sample where it exists)."""
+def evaluate_models(out: Path, stages: Stages, models: dict[str, Path], protocol: str | None = None) -> dict:
+    """``models`` (role -> model directory) on the quickstart's benchmarks (the NYU sample where it
+    exists), each under its protocol or ``protocol``; results[benchmark][role]. Affine-disparity on
+    the synthetic scenes caps predictions at their renderer's range (a disparity aligned near 0
+    is depth without bound)."""
     from distill import evaluate
+    from distill.data.synthetic import MAX_DEPTH
 
     data = out / "data"
-    benchmarks = {"synthetic (test scenes)": ("folder", data / "test-synthetic", "scale-log"),
-                  "Middlebury Motorcycle": ("folder", data / "middlebury-motorcycle", "affine-disparity")}
+    benchmarks = {"synthetic (test scenes)": ("folder", data / "test-synthetic", "scale-log", MAX_DEPTH),
+                  "Middlebury Motorcycle": ("folder", data / "middlebury-motorcycle", "affine-disparity", None)}
     if NYU_SAMPLE.is_dir():
-        benchmarks["NYU sample"] = ("nyu", NYU_SAMPLE, "scale-log")
+        benchmarks["NYU sample"] = ("nyu", NYU_SAMPLE, "scale-log", None)
     results: dict = {}
-    for bench, (kind, root, protocol) in benchmarks.items():
-        for role, model in (("teacher", teacher / "final"), ("student", student / "final")):
+    for bench, (kind, root, bench_protocol, cap) in benchmarks.items():
+        used = protocol or bench_protocol
+        capped = ["--max-depth", str(cap)] if cap is not None and used == "affine-disparity" else []
+        for role, model in models.items():
             path = out / "eval" / f"{role}_{bench.split()[0].lower()}.json"
             stages.run("evaluate", [sys.executable, "distill/evaluate.py", "--model", str(model), "--benchmark", kind,
-                                    "--data-root", str(root), "--protocol", protocol, "--input-size", str(INPUT_SIZE),
-                                    "--output", str(path)], main=evaluate.main)
+                                    "--data-root", str(root), "--protocol", used, *capped,
+                                    "--input-size", str(INPUT_SIZE), "--output", str(path)], main=evaluate.main)
             results.setdefault(bench, {})[role] = json.loads(path.read_text())
     return results
 
@@ -410,7 +418,7 @@ def _main(argv=None) -> int:
     stages = Stages(out)
     started = time.perf_counter()
     runs = {name: out / name for name in ("teacher", "pseudo-labels", "student", "release")}
-    unlabeled = _data(out, args, stages)  # 1. data
+    unlabeled = write_data(out, args, stages)  # 1. data
     stages.run("teacher", accelerate_launch(  # 2. teacher
         "distill/train_teacher.py", "--config", "configs/teacher/tiny.yaml", f"output_dir={runs['teacher']}",
         f"max_steps={args.teacher_steps}", f"eval_every={args.teacher_steps}", f"save_every={args.teacher_steps}"))
@@ -422,7 +430,8 @@ def _main(argv=None) -> int:
         "distill/train_student.py", "--config", "configs/student/tiny.yaml", f"output_dir={runs['student']}",
         f"max_steps={args.student_steps}", f"eval_every={args.student_steps}", f"save_every={args.student_steps}",
         f"data.groups.0.datasets.0.root={runs['pseudo-labels']}"))
-    results = _evaluate(out, stages, runs["teacher"], runs["student"])  # 5. evaluation
+    results = evaluate_models(out, stages, {"teacher": runs["teacher"] / "final",  # 5. evaluation
+                                            "student": runs["student"] / "final"})
     from distill import release  # 6. release (dry run: built and checked with pipeline("depth-estimation"), nothing sent)
 
     student_evals = sorted(str(p) for p in (out / "eval").glob("student_*.json"))
@@ -430,7 +439,8 @@ def _main(argv=None) -> int:
                            "your-name/depth-distill-quickstart-tiny", "--dry-run", "--output-dir", str(runs["release"]),
                            "--input-size", str(INPUT_SIZE), "--eval", *student_evals], main=release.main)
     start = time.perf_counter()  # 7. summary
-    summary_png(out / "summary.png", runs["teacher"] / "final", runs["student"] / "final", out / "data")
+    summary_png(out / "summary.png", {"teacher": runs["teacher"] / "final", "student": runs["student"] / "final"},
+                out / "data")
     stages.times["summary"] = time.perf_counter() - start
     _report(out, stages, results, runs, started)
     return 0

@@ -99,3 +99,22 @@ def test_bad_input_one_line_exit_2(saved_model, tmp_path, argv, message, capsys)
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()  # nothing written
+
+
+def test_fp16_refuses_a_model_whose_depth_leaves_float16s_range(tmp_path, capsys):
+    """A relative model's scale is free (the distill-gain hybrid teacher drifted to ~1e11): the fp16
+    export says so in one line, exits 2 and leaves no ONNX file."""
+    from distill.spaces import RELATIVE_DISPARITY
+
+    model = models.build_model("tiny", RELATIVE_DISPARITY)
+    with torch.no_grad():  # ReLU head: a constant 1e6 output
+        model.head.conv3.weight.zero_()
+        model.head.conv3.bias.fill_(1e6)
+    models.save_model(model, tmp_path / "model")
+    out = tmp_path / "onnx"
+    assert export.main(["--model", str(tmp_path / "model"), "--output", str(out), "--precision", "fp16",
+                        "--check-sizes", "56"]) == 2
+    err = capsys.readouterr().err
+    assert "1e+06, beyond float16's range" in err and "--precision fp32" in err and err.count("\n") == 1
+    assert not (out / "model_fp16.onnx").exists()
+    assert export.main(["--model", str(tmp_path / "model"), "--output", str(out), "--check-sizes", "56"]) == 0
