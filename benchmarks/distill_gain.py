@@ -2,7 +2,7 @@
 the recipe worth? (v1, which inverted that regime, is in git history and the README's history.)
 
     python benchmarks/distill_gain.py [--output-dir runs/distill-gain-v2] [--quick] [--seeds 3]
-        [--steps 600] [--budgets 40 200] [--corpus 4000] [--prior true] [--lrs 0.0005 0.001]
+        [--steps 600] [--budgets 40 200] [--later-budget-seeds 0] [--corpus 4000] [--prior true] [--lrs 0.0005 0.001]
 
 The regime (all data from ``python -m distill.data.synthetic``, 120x160, exact depth):
 - a **fixed labeled budget** of render-style scenes (GP2 mixture: 1/6 metric, 1/6 up to scale, the
@@ -33,7 +33,8 @@ students only; one student lr for every row, picked on validation on seed 0's fu
   H, H+        the prior as a factor: DPT-hybrid on ImageNet EfficientNet-Lite0 (``hybrid-lite0``,
                6.2M, 128 px) as the teacher, and continued
   H-L5, H-nano the full-recipe mini student and the nano student on H's labels
-The second budget runs teacher, teacher+, L5, nano-labels and nano-pseudo.
+The second budget runs teacher, teacher+, L5, nano-labels and nano-pseudo, on ``--later-budget-seeds``
+seeds where given (fewer, to fit a time budget).
 
 Every command goes to ``OUT/commands.sh``, its output to ``OUT/logs/``; a rerun skips what is
 finished (models with ``final/``, labels with a manifest, scores with their JSON). Writes
@@ -96,6 +97,7 @@ class DistillGainConfig:
     output_dir: str = "runs/distill-gain-v2"
     quick: bool = False  # one seed, 100 steps, budget 40, an 800-image corpus: the whole table in minutes
     seeds: int = 3
+    later_budget_seeds: int = 0  # seeds of the budgets after the first (a cut the issue allows); 0: --seeds
     steps: int = 600  # teacher steps; students and the continued teacher train as many again
     batch_size: int = 12  # a multiple of 3: labeled 1 : pseudo 2
     budgets: list[int] = field(default_factory=lambda: [40, 200])  # labeled scenes; the first is the scarce one
@@ -429,6 +431,8 @@ def _main(argv=None) -> int:
     args = parse_cli(DistillGainConfig, argv, prog=PROG)
     if args.quick:
         args.seeds, args.steps, args.budgets, args.corpus, args.val_scenes, args.test_scenes = 1, 100, [40], 800, 16, 32
+    if args.later_budget_seeds < 0:
+        raise ConfigError(f"later_budget_seeds={args.later_budget_seeds}: 0 (as --seeds) or more")
     if min(args.seeds, args.steps, args.batch_size, args.corpus, args.val_scenes, args.test_scenes, *args.budgets) < 1:
         raise ConfigError("seeds, steps, batch size, budgets and scene counts must be >= 1")
     if args.batch_size % 3:
@@ -444,11 +448,12 @@ def _main(argv=None) -> int:
     earlier = json.loads(report.read_text()) if report.is_file() else {}
     summaries, scores, curves = {}, {}, {}
     for b, budget in enumerate(args.budgets):
-        # the teachers of every seed first: the ensemble rows (L7) label with all of them
-        teachers = {s: exp.teacher("teacher", s, budget) for s in range(max(args.seeds, ENSEMBLE))}
+        seeds = args.seeds if b == 0 else args.later_budget_seeds or args.seeds
+        # the teachers of every seed first: the ensemble rows (L7, first budget) label with all of them
+        teachers = {s: exp.teacher("teacher", s, budget) for s in range(max(seeds, ENSEMBLE) if b == 0 else seeds)}
         budget_scores = scores.setdefault(budget, {})
-        runs = [(seed, exp.run_budget, (seed, budget, teachers, b == 0)) for seed in range(args.seeds)]
-        runs += [(seed, exp.ensemble_rows, (seed, budget, teachers)) for seed in range(args.seeds) if b == 0]
+        runs = [(seed, exp.run_budget, (seed, budget, teachers, b == 0)) for seed in range(seeds)]
+        runs += [(seed, exp.ensemble_rows, (seed, budget, teachers)) for seed in range(seeds) if b == 0]
         for seed, rows, row_args in runs:  # scored as they finish: an interrupted run leaves its test scores
             models = rows(*row_args)
             for row, model in models.items():

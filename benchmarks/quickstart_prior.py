@@ -120,7 +120,7 @@ def _main(argv=None) -> int:
         protocol = by_role["today-run0-own"]["protocol"]
         lines.append(f"today, quickstart protocol ({protocol}) {bench}: " +
                      ", ".join(f"{by_role[f'today-run{r}-own']['abs_rel']:.4f}" for r in range(args.runs)))
-    lines.append(f"training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) +
+    lines.append("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) +
                  f"; hybrid steps {steps} vs today's {args.teacher_steps}")
     lines.append(f"the quickstart takes the prior teacher: {decision} (better on every benchmark in every run: "
                  f"{ {b: w for b, w in wins.items()} }; in no more time: {in_time})")
