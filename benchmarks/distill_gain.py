@@ -32,7 +32,10 @@ students only; one student lr for every row, picked on validation on seed 0's fu
   nano-pseudo  the same nano with the full recipe on the teacher's pseudo-labels
   H, H+        the prior as a factor: DPT-hybrid on ImageNet EfficientNet-Lite0 (``hybrid-lite0``,
                6.2M, 128 px) as the teacher, and continued
-  H-L5, H-nano the full-recipe mini student and the nano student on H's labels
+  H-L5, H-nano the full-recipe mini student and the nano student on H's labels (DA V2: smaller students)
+  H-S          DA V1 with the prior: a hybrid-lite0 student (the teacher's size and start: the prior) with
+               the full recipe on H's labels, against the better of H and H+ (input noise only: the
+               hybrid has no DINOv2 layers to drop paths of)
 The second budget runs teacher, teacher+, L5, nano-labels and nano-pseudo, on ``--later-budget-seeds``
 seeds where given (fewer, to fit a time budget).
 
@@ -87,6 +90,7 @@ TITLES = {
     "nano-labels": "nano on labels only", "nano-pseudo": "nano, full recipe on pseudo-labels",
     "H": "hybrid-lite0 teacher (ImageNet prior)", "H+": "hybrid teacher continued",
     "H-L5": "mini student, full recipe, on H's labels", "H-nano": "nano student, full recipe, on H's labels",
+    "H-S": "hybrid student (prior), full recipe, on H's labels",
 }
 FULL_RECIPES = ("L5", "L6", "L7m", "L7r")  # the full recipe row is the best of these on validation
 ENSEMBLE = 3  # teachers (seeds 0, 1, 2) behind the L7 labels, whatever --seeds: a 1-seed run is a part of a 3-seed one
@@ -204,6 +208,9 @@ class Experiment:
         config["student"]["perturb"].update(spec["student"]["perturb"])
         config["student"]["labeled"] = {"kind": "ssi"}  # labeled rows: the teacher's relative objective
         config["model"] = {"preset": preset, "drop_path_rate": spec["drop_path"]}
+        if preset.startswith("hybrid"):  # starts from the prior, as its teacher; no DINOv2 layers to drop paths of
+            config["model"] = {"preset": preset, "dinov2": PRIOR}
+            config["data"]["crop_size"] = HYBRID_CROP
         config["optim"]["lr"] = lr
         config["frozen_reference"] = PRIOR  # read only where feature_weight > 0
         pseudo = {"reader": "shards", "root": str(labels), **({"options": {"teacher": choose}} if choose else {})}
@@ -307,6 +314,7 @@ class Experiment:
             hybrid_labels = self.label(f"H-b{budget}-seed{seed}", [models["H"]])
             models["H-L5"] = self.student("L5", seed, budget, hybrid_labels, lr, name="H-L5")
             models["H-nano"] = self.student("L5", seed, budget, hybrid_labels, lr, preset="nano", name="H-nano")
+            models["H-S"] = self.student("L5", seed, budget, hybrid_labels, lr, preset="hybrid-lite0", name="H-S")
         relabels = self.label(f"L5-b{budget}-seed{seed}", [models["L5"]])
         models["L6"] = self.student("L5", seed, budget, relabels, lr, name="L6")
         return models
@@ -351,6 +359,10 @@ def summarise(scores: dict) -> dict:
     full = {s: pick(FULL_RECIPES, s) for s in seeds}
     out = {"seeds": seeds, "stats": stats, "baseline_rows": baseline, "full_recipe_rows": full,
            "full_recipe_vs_baseline": paired(full.get, baseline.get)}
+    if all(r in rows for r in ("H", "H+", "H-S")):  # DA V1 with the prior: a student of the teacher's size and start
+        prior_baseline = {s: pick(("H", "H+"), s) for s in seeds}
+        out["prior_baseline_rows"] = prior_baseline
+        out["prior_student_vs_baseline"] = paired(lambda s: "H-S", prior_baseline.get)
     per_style = {}
     for style in STYLES:
         per_style[style] = [1 - scores[full[s]][s][f"test-{style}"]["abs_rel"] / scores[baseline[s]][s][f"test-{style}"]["abs_rel"]
@@ -361,7 +373,8 @@ def summarise(scores: dict) -> dict:
              "L6_vs_L5": ("L6", "L5"), "L7m_vs_L5": ("L7m", "L5"), "L7r_vs_L5": ("L7r", "L5"),
              "prior_teacher_H_vs_teacher": ("H", "teacher"), "prior_H+_vs_teacher+": ("H+", "teacher+"),
              "prior_student_H-L5_vs_L5": ("H-L5", "L5"), "prior_nano_H-nano_vs_nano-pseudo": ("H-nano", "nano-pseudo"),
-             "H-nano_vs_nano-labels": ("H-nano", "nano-labels"), "H-L5_vs_H": ("H-L5", "H")}
+             "H-nano_vs_nano-labels": ("H-nano", "nano-labels"), "H-L5_vs_H": ("H-L5", "H"), "H-S_vs_H": ("H-S", "H"),
+             "H-S_vs_H+": ("H-S", "H+")}
     out["gains"] = {name: paired(lambda s, a=a: a, lambda s, b=b: b) for name, (a, b) in pairs.items()
                     if a in rows and b in rows}
     return out
@@ -384,6 +397,9 @@ def table(summary: dict, budget: int) -> str:
               f"full recipe vs baseline (broad test, per seed): {pct(summary['full_recipe_vs_baseline'])}"]
     for style, values in summary["full_recipe_vs_baseline_per_style"].items():
         lines.append(f"  {style} test: {pct(values)}")
+    if "prior_student_vs_baseline" in summary:
+        lines.append(f"prior: H-S vs the better of H / H+ per seed {summary['prior_baseline_rows']}: "
+                     f"{pct(summary['prior_student_vs_baseline'])}")
     lines += [f"{name}: {pct(values)}" for name, values in summary["gains"].items()]
     return "\n".join(lines)
 
