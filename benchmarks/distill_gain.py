@@ -112,6 +112,16 @@ class DistillGainConfig:
     test_scenes: int = 128  # per style
 
 
+def use_preset(config: dict, preset: str, drop_path: float | None = None) -> None:
+    """A run config's model: a hybrid starts from the prior at its square crop (and has no DINOv2
+    layers to drop paths of); the ViT presets start from random weights, with ``drop_path``."""
+    if preset.startswith("hybrid"):
+        config["model"] = {"preset": preset, "dinov2": PRIOR}
+        config["data"]["crop_size"] = HYBRID_CROP
+    else:
+        config["model"] = {"preset": preset, **({} if drop_path is None else {"drop_path_rate": drop_path})}
+
+
 class Experiment:
     def __init__(self, args: DistillGainConfig):
         self.args, self.out = args, Path(args.output_dir).resolve()
@@ -175,10 +185,7 @@ class Experiment:
         config = yaml.safe_load((ROOT / "configs" / "teacher" / "tiny.yaml").read_text())
         config["objective"] = {"kind": "ssi"}
         config["data"]["groups"] = [self.labeled_group(budget)]
-        config["model"] = {"preset": preset}
-        if preset.startswith("hybrid"):
-            config["model"]["dinov2"] = PRIOR
-            config["data"]["crop_size"] = HYBRID_CROP
+        use_preset(config, preset)
         if init_from is not None:
             config["model"] = {"init_from": str(init_from / "final")}
             config["data"]["crop_size"] = HYBRID_CROP if "H" in name else INPUT_SIZE
@@ -207,10 +214,7 @@ class Experiment:
         config["student"].update({k: v for k, v in spec["student"].items() if k != "perturb"})
         config["student"]["perturb"].update(spec["student"]["perturb"])
         config["student"]["labeled"] = {"kind": "ssi"}  # labeled rows: the teacher's relative objective
-        config["model"] = {"preset": preset, "drop_path_rate": spec["drop_path"]}
-        if preset.startswith("hybrid"):  # starts from the prior, as its teacher; no DINOv2 layers to drop paths of
-            config["model"] = {"preset": preset, "dinov2": PRIOR}
-            config["data"]["crop_size"] = HYBRID_CROP
+        use_preset(config, preset, spec["drop_path"])
         config["optim"]["lr"] = lr
         config["frozen_reference"] = PRIOR  # read only where feature_weight > 0
         pseudo = {"reader": "shards", "root": str(labels), **({"options": {"teacher": choose}} if choose else {})}

@@ -16,7 +16,7 @@ benchmarks (its 64 synthetic test scenes, Middlebury Motorcycle, the NYU sample 
 ``../shared/data`` has it) under affine-disparity, the one protocol that both a depth-up-to-scale
 and a relative-disparity model can be scored with; today's teacher also under the quickstart's own
 protocols, as in its table. The rule (issue 23): the quickstart takes the hybrid only if it is
-better on all three benchmarks in every run, in no more training time. Prints a table; writes
+better on all three benchmarks in every run, in no more training time (within ``TIME_SLACK``). Prints a table; writes
 ``OUT/quickstart_prior.json`` and ``OUT/quickstart_prior.png`` (input | today | hybrid | ground
 truth, run 0).
 """
@@ -42,6 +42,7 @@ PROG = "python benchmarks/quickstart_prior.py"
 PRIOR = "efficientnet-lite0"
 HYBRID_CROP = 128  # the hybrid's one square input size (a multiple of 32)
 PROBE_STEPS = 40
+TIME_SLACK = 1.05  # "no more training time", up to 5% of start-up noise on shared cores
 
 
 @dataclass
@@ -109,7 +110,7 @@ def _main(argv=None) -> int:
     scores = results["affine-disparity"]
     wins = {bench: [scores[bench][f"prior-run{r}"]["abs_rel"] < scores[bench][f"today-run{r}"]["abs_rel"]
                     for r in range(args.runs)] for bench in scores}
-    in_time = all(times[f"prior-run{r}"] <= 1.05 * times[f"today-run{r}"] for r in range(args.runs))
+    in_time = all(times[f"prior-run{r}"] <= TIME_SLACK * times[f"today-run{r}"] for r in range(args.runs))
     decision = all(all(w) for w in wins.values()) and in_time
     lines = [f"{'benchmark (affine-disparity AbsRel)':38s} " + "  ".join(f"{'today r' + str(r):>9s} {'prior r' + str(r):>9s}"
                                                                         for r in range(args.runs))]
@@ -123,7 +124,7 @@ def _main(argv=None) -> int:
     lines.append("training seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in times.items()) +
                  f"; hybrid steps {steps} vs today's {args.teacher_steps}")
     lines.append(f"the quickstart takes the prior teacher: {decision} (better on every benchmark in every run: "
-                 f"{ {b: w for b, w in wins.items()} }; in no more time: {in_time})")
+                 f"{wins}; in no more time: {in_time})")
     print("\n".join(lines))
     summary_png(out / "quickstart_prior.png", {"today (tiny, GP2)": out / "today-run0" / "final",
                                                "prior (hybrid-lite0)": out / "prior-run0" / "final"}, out / "data")

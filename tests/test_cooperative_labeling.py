@@ -45,6 +45,14 @@ def wait_for(condition, proc, what, timeout=180):
         time.sleep(0.005)
 
 
+def wait_stopped(pid: int, timeout: float = 5.0) -> None:
+    """Until the kernel reports ``pid`` stopped (state T in /proc/PID/stat)."""
+    deadline = time.time() + timeout
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("T", "t"):
+        assert time.time() < deadline, f"process {pid} did not stop in {timeout} s"
+        time.sleep(0.001)
+
+
 def writers(out) -> list[str]:
     return [json.loads(Path(p).read_text())["written_by"] for p in sorted(glob.glob(str(Path(out) / "index" / "*.json")))]
 
@@ -66,6 +74,7 @@ def test_overlapping_launches_and_a_sigkilled_one_give_one_runs_keys(teacher, co
         # freeze the first launch while it holds a claim (between two units it briefly holds none)
         for _ in range(200):
             first.send_signal(signal.SIGSTOP)
+            wait_stopped(first.pid)  # SIGSTOP lands asynchronously: read the claims only once it cannot release one
             held = [c for c in (read_claim(p) for p in glob.glob(str(out / CLAIMS_DIR / "*.claim"))) if c]
             if any(of_pid(c["owner"], first.pid) for c in held):
                 break
